@@ -1,0 +1,223 @@
+"""The knowledge-distillation loop shared by every synthesizer.
+
+Each epoch: ``synth_batches`` calls of ``synthesize()`` (new images join the pool), then
+``kd_steps`` KD steps on pool batches served by ``sample()`` (train augmentation). The KD
+loss is Hinton et al.'s KL at temperature tau, scaled by tau^2 (tau = 20 in the DFKD
+references; no hard labels):
+
+    L_KD = tau^2 * KL(softmax(t / tau) || softmax(s / tau))   (batchmean)
+
+plus the attached regularizers' "distill" terms. SGD with momentum, cosine schedule over
+all KD steps, evaluation of the student on the real test set every ``eval_every`` epochs.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import nonneg, positive, require
+from .hooks import StepContext, total_loss
+from .models import StagedModel
+from .spec import DataSpec
+from .synthesizers.base import Synthesizer
+
+
+@dataclass
+class DistillConfig:
+    """Config section "distill" (defaults: the DFKD references' CIFAR recipe)."""
+
+    epochs: int = 200
+    synth_batches: int = 1  # synthesize() calls per epoch
+    kd_steps: int = 400  # KD steps per epoch
+    batch_size: int = 256
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    temperature: float = 20.0
+    eval_every: int = 1  # epochs between test-set evaluations (the last epoch always)
+    eval_batch_size: int = 500
+    heldout_images: int = 0  # synthetic images kept out of KD, for the agreement metric
+
+    def validate(self) -> None:
+        positive("distill", epochs=self.epochs, batch_size=self.batch_size,
+                 temperature=self.temperature, eval_every=self.eval_every,
+                 eval_batch_size=self.eval_batch_size)
+        nonneg("distill", synth_batches=self.synth_batches, kd_steps=self.kd_steps, lr=self.lr,
+               momentum=self.momentum, weight_decay=self.weight_decay,
+               heldout_images=self.heldout_images)
+        require(self.synth_batches > 0 or self.epochs == 0,
+                "distill.synth_batches must be >= 1: every epoch adds images to the pool")
+
+
+@dataclass
+class DistillResult:
+    student_acc: float
+    student_acc_best: float
+    val_acc: float | None
+    agreement: float | None
+    history: list[dict[str, Any]]
+    images_synthesized: int
+    synthesis_seconds: float
+    distill_seconds: float
+    synth_timing: dict[str, float]
+    synth_losses: dict[str, float]
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """tau^2 * KL(softmax(t/tau) || softmax(s/tau)), batch mean (Hinton et al., 2015)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean") * (t * t)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, spec: DataSpec, batch_size: int = 500,
+            device: torch.device | None = None, normalized: bool = False) -> Tensor:
+    """Argmax predictions for uint8 ([0, 255]) or float pixel-space images [N, C, H, W]."""
+    device = device or next(model.parameters()).device
+    was = model.training
+    model.eval()
+    out = []
+    try:
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].to(device)
+            xb = xb.float().div(255) if xb.dtype == torch.uint8 else xb.float()
+            out.append(model(xb if normalized else spec.normalize(xb)).argmax(1).cpu())
+    finally:
+        model.train(was)
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, spec: DataSpec, batch_size: int = 500,
+             device: torch.device | None = None) -> float:
+    """Top-1 accuracy (%) of ``model`` on uint8 images ``x`` with labels ``y``."""
+    if len(y) == 0:
+        return float("nan")
+    return 100.0 * (predict(model, x, spec, batch_size, device) == y).float().mean().item()
+
+
+def _diagnostics(synth: Synthesizer, batch_size: int) -> dict[str, Any]:
+    """Each regularizer's diagnostics on one pool batch (teacher and student, no grad)."""
+    regs = list(synth.regularizers)
+    if not regs or len(synth.pool) == 0:
+        return {}
+    teacher, student = synth.teacher, synth.student
+    was = student.training
+    student.eval()
+    try:
+        with torch.no_grad():
+            x, _ = synth.sample(batch_size)
+            ctx = StepContext("distill", x, None, teacher.forward_features(x),
+                              student.forward_features(x, record_spiking=student.is_spiking),
+                              teacher, student, synth.spec, synthesizer=synth.name)
+            return {r.name: r.diagnostics(ctx) for r in regs}
+    finally:
+        student.train(was)
+
+
+def distill(synth: Synthesizer, test: tuple[Tensor, Tensor], cfg: DistillConfig | None = None,
+            val: tuple[Tensor, Tensor] | None = None,
+            on_eval: Callable[[int, dict[str, Any]], None] | None = None,
+            progress: bool = False) -> DistillResult:
+    """Distill ``synth.teacher`` into ``synth.student`` on ``synth``'s transfer set."""
+    cfg = cfg or DistillConfig()
+    teacher, student, spec, regs = synth.teacher, synth.student, synth.spec, synth.regularizers
+    device = synth.device
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student.train()
+    opt = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    total_steps = max(1, cfg.epochs * cfg.kd_steps)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+
+    synth_seconds, n_images, timing = 0.0, 0, defaultdict(float)
+    synth_losses: dict[str, float] = {}
+
+    def run_synthesis() -> None:
+        nonlocal synth_seconds, n_images, synth_losses
+        res = synth.synthesize()
+        synth_seconds += res.seconds
+        n_images += len(res.images)
+        for k, v in res.timing.items():
+            timing[k] += v
+        synth_losses = res.losses or synth_losses
+
+    heldout = None
+    if cfg.heldout_images > 0:
+        while len(synth.pool) < cfg.heldout_images:
+            run_synthesis()
+        heldout = synth.pool.pop_last(cfg.heldout_images)[0]
+        n_images -= cfg.heldout_images  # not part of the transfer set
+
+    history: list[dict[str, Any]] = []
+    best, last, val_acc, agreement = float("-inf"), float("nan"), None, None
+    diagnostics: dict[str, Any] = {}
+    kd_seconds, step = 0.0, 0
+    need_spiking = regs.needs_spiking("distill") and student.is_spiking
+    use_regs = any(r.acts_in("distill") for r in regs)
+    epochs = range(cfg.epochs)
+    if progress:
+        from tqdm.auto import tqdm
+
+        epochs = tqdm(epochs, desc=f"distill[{synth.name}]", unit="epoch")
+    for epoch in epochs:
+        synth.set_epoch(epoch)
+        for _ in range(cfg.synth_batches):
+            run_synthesis()
+        if epoch == 0 and len(regs):
+            diagnostics["start"] = _diagnostics(synth, min(cfg.batch_size, 256))
+        t0 = time.perf_counter()
+        student.train()
+        kd_sum = 0.0
+        for _ in range(cfg.kd_steps):
+            x, _ = synth.sample(cfg.batch_size)
+            with torch.no_grad():
+                t_out = teacher.forward_features(x)
+            s_out = student.forward_features(x, record_spiking=need_spiking)
+            terms = {"kd": kd_loss(s_out.logits, t_out.logits, cfg.temperature)}
+            if use_regs:
+                ctx = StepContext("distill", x, None, t_out, s_out, teacher, student, spec,
+                                  step=step, epoch=epoch, synthesizer=synth.name)
+                terms.update(regs.terms(ctx))
+            loss = total_loss(terms, "distillation", step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            kd_sum += float(terms["kd"].detach())
+            step += 1
+        kd_seconds += time.perf_counter() - t0
+        record: dict[str, Any] = {"epoch": epoch, "kd_loss": kd_sum / max(1, cfg.kd_steps),
+                                  "pool": len(synth.pool)}
+        if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1:
+            last = evaluate(student, test[0], test[1], spec, cfg.eval_batch_size, device)
+            best = max(best, last)
+            record["test_acc"] = last
+            if val is not None:
+                val_acc = evaluate(student, val[0], val[1], spec, cfg.eval_batch_size, device)
+                record["val_acc"] = val_acc
+            if heldout is not None:
+                pt = predict(teacher, heldout, spec, cfg.eval_batch_size, device)
+                ps = predict(student, heldout, spec, cfg.eval_batch_size, device)
+                agreement = 100.0 * (pt == ps).float().mean().item()
+                record["agreement"] = agreement
+            if on_eval is not None:
+                on_eval(epoch, {k: record.get(k) for k in ("test_acc", "val_acc", "agreement")})
+        history.append(record)
+    if len(regs):
+        diagnostics["end"] = _diagnostics(synth, min(cfg.batch_size, 256))
+    return DistillResult(
+        student_acc=last, student_acc_best=best if best > float("-inf") else float("nan"),
+        val_acc=val_acc, agreement=agreement, history=history, images_synthesized=n_images,
+        synthesis_seconds=synth_seconds, distill_seconds=kd_seconds, synth_timing=dict(timing),
+        synth_losses=synth_losses, diagnostics=diagnostics,
+    )

@@ -1,0 +1,1 @@
+"""benchmarks: data, model zoo, teacher training, jobs, runner, tuning and the `dfkd` CLI."""
