@@ -20,23 +20,43 @@ import torch
 from torch import Tensor, nn
 
 
-@dataclass
 class SpikingLayerState:
     """One spiking neuron layer's record over the T time steps of a forward pass.
 
     v_pre: [T, N, ...] membrane potential *before* reset (the H[t] compared with V_th),
         differentiable w.r.t. the layer's input current (and so the weights and images).
+        Computed lazily on first access when the recorder passes ``compute`` (a consumer
+        that reads one layer per stage pays for that layer only).
     spikes: [T, N, ...] output spikes S[t] = Heaviside(H[t] - V_th) (surrogate gradient).
     v_threshold: the neuron's threshold V_th (a float).
     stage: index of the model stage the layer sits in.
     name: module path inside the model.
     """
 
-    name: str
-    stage: int
-    v_pre: Tensor
-    spikes: Tensor
-    v_threshold: float
+    __slots__ = ("name", "stage", "_v_pre", "spikes", "v_threshold", "_compute")
+
+    def __init__(self, name: str, stage: int, v_pre: Tensor | None, spikes: Tensor,
+                 v_threshold: float, compute=None) -> None:
+        if v_pre is None and compute is None:
+            raise ValueError("SpikingLayerState needs v_pre or a compute() callable")
+        self.name, self.stage, self.spikes, self.v_threshold = name, stage, spikes, v_threshold
+        self._v_pre, self._compute = v_pre, compute
+
+    @property
+    def v_pre(self) -> Tensor:
+        if self._v_pre is None:
+            self._v_pre = self._compute()
+            self._compute = None
+        return self._v_pre
+
+    @property
+    def computed(self) -> bool:
+        """Whether v_pre has been materialized (for tests of the lazy path)."""
+        return self._v_pre is not None
+
+    def __repr__(self) -> str:
+        return (f"SpikingLayerState(name={self.name!r}, stage={self.stage}, "
+                f"spikes={tuple(self.spikes.shape)}, v_threshold={self.v_threshold})")
 
 
 @dataclass

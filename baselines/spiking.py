@@ -10,7 +10,8 @@ recomputes the pre-reset membrane potential H[t] with the neuron's own recurrenc
     V[t] = H[t] - S[t] * V_th                                  (soft reset, V_reset = None)
 
 H is differentiable w.r.t. X (hence the weights and the images) and reproduces the
-library's spikes exactly (S = [H >= V_th]); ``store_v_seq`` would give the post-reset V,
+library's spikes exactly (S = [H >= V_th]); H is computed lazily, per layer, on first
+access to ``v_pre``; ``store_v_seq`` would give the post-reset V,
 not H. Hooks live only inside the ``with`` block, so nobody pays when nobody records.
 """
 from __future__ import annotations
@@ -93,8 +94,9 @@ class MembraneRecorder:
     def collect(self) -> list[SpikingLayerState]:
         out = []
         for name, m, x, s in self.records:
-            out.append(SpikingLayerState(name, self._stage.get(m, 0), membrane_recurrence(m, x, s),
-                                         s, float(m.v_threshold)))
+            out.append(SpikingLayerState(
+                name, self._stage.get(m, 0), None, s, float(m.v_threshold),
+                compute=lambda m=m, x=x, s=s: membrane_recurrence(m, x, s)))
         return out
 
     def __exit__(self, *exc: Any) -> None:

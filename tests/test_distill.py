@@ -144,3 +144,13 @@ def test_bad_distill_config_is_rejected():
         build(DistillConfig, {"lr": -0.1}, "distill")
     with pytest.raises(ConfigError, match="kd_step"):
         build(DistillConfig, {"kd_step": 3}, "distill")
+
+
+def test_membrane_potentials_are_computed_only_for_layers_that_are_read():
+    from tinymodels import TinySNN
+    s = TinySNN()
+    out = s.forward_features(torch.randn(4, 1, 8, 8), record_spiking=True)
+    assert len(out.spiking) == 3 and not any(st.computed for st in out.spiking)
+    v = out.spiking[-1].v_pre
+    assert out.spiking[-1].computed and not out.spiking[0].computed
+    assert torch.equal((v >= out.spiking[-1].v_threshold).float(), out.spiking[-1].spikes)
