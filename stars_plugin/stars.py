@@ -1,0 +1,381 @@
+"""STARS regularizer hooks: RCA + TAR around any synthesizer (arXiv 2605.27409).
+
+Registered (``stars_dfkd.regularizers``) as ``stars`` (:class:`STARS`, both terms),
+``rca`` (:class:`RCAOnly`) and ``tar`` (:class:`TAROnly`); config sections of the same
+names. ``terms(ctx)`` returns ``{"rca": alpha * L_RCA, "tar": beta * L_TAR}`` (the enabled
+ones), so the step objective is ``baseline terms + alpha * L_RCA + beta * L_TAR``.
+
+Defaults (provisional; the ablations in results/ decide them):
+- alpha = 0.5, beta = 0.3, q = 0.95 (the seed's values; recommended ranges [0.3, 0.7],
+  [0.2, 0.5], [0.90, 0.98] warn when left; negative weights, q outside (0, 1) or
+  kappa <= 0 are errors).
+- RCA: cosine relations on the pooled features, synthesis only, cooperative sign (the
+  seed's pseudo-code computes both terms inside the synthesis loop).
+- TAR: the ``aligned`` form with BN-derived per-channel thresholds (``bn``: data-free,
+  zero per-step cost), kappa = 0.1 relative to each layer's scale, both sides on,
+  synthesis only, the last neuron layer of each matched student stage, per-channel
+  student/teacher comparison where widths match, squared error (``tar_error``).
+  Note: squared errors of ~5% tail probabilities are small next to a BN loss of O(10);
+  ``tar_error = "chi2"`` rescales them by the Bernoulli variance.
+See :mod:`stars_plugin.rca`, :mod:`stars_plugin.tar`, :mod:`stars_plugin.thresholds`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from baselines import config as cfgmod
+from baselines import ConfigError
+from baselines.hooks import PHASES, Regularizer, StepContext
+from baselines.models import StagedModel, match_stages
+
+from .rca import rca_loss, stage_discrepancies
+from .tar import TailAware, seed_tar
+from .thresholds import TeacherThresholds, stage_batchnorm
+
+Phase = Literal["synthesis", "distill"]
+
+
+# ----------------------------------------------------------------------------- configs
+@dataclass
+class RCAFields:
+    """RCA options.
+
+    alpha: weight of L_RCA (default 0.5, recommended [0.3, 0.7]; 0 disables RCA).
+    relation: "cosine" (default) | "distance" | "rank" | "softmax-kl" (stars_plugin.relations).
+    temperature: softness of "rank" and "softmax-kl" (cosine units; default 0.1).
+    rca_features: "pooled" (default) | "stages" (each matched stage, spatially pooled) |
+        "pooled+stages" (mean of both).
+    rca_phases: where RCA acts: ["synthesis"] (default), ["distill"] or both.
+    rca_sign: in synthesis, "cooperative" (+L, default) or "adversarial" (-L).
+    """
+
+    alpha: float = 0.5
+    relation: Literal["cosine", "distance", "rank", "softmax-kl"] = "cosine"
+    temperature: float = 0.1
+    rca_features: Literal["pooled", "stages", "pooled+stages"] = "pooled"
+    rca_phases: list[Phase] = field(default_factory=lambda: ["synthesis"])
+    rca_sign: Literal["cooperative", "adversarial"] = "cooperative"
+
+    def _validate_rca(self, sec: str) -> None:
+        cfgmod.nonneg(sec, alpha=self.alpha)
+        cfgmod.positive(sec, temperature=self.temperature)
+        if self.alpha > 0:  # alpha = 0 is the explicit "off" switch: no warning
+            cfgmod.soft_range(sec, "alpha", self.alpha, 0.3, 0.7)
+
+
+@dataclass
+class TARFields:
+    """TAR options.
+
+    beta: weight of L_TAR (default 0.3, recommended [0.2, 0.5]; 0 disables TAR).
+    q: threshold quantile; real-data tail mass 1 - q (default 0.95, recommended [0.90, 0.98]).
+    kappa: softness of e(x) = sigmoid((x - tau) / kappa), > 0 (default 0.1).
+    kappa_scale: "relative" (default: kappa times each layer's scale: |gamma| for bn, the
+        running std for percentile, V_th on the student side) | "absolute" (raw units).
+        Under "distribution" kappa is always in normalized units.
+    tar_variant: "aligned" (default) | "seed" (the seed's -log mean sigmoid on logits).
+    tar_phases: ["synthesis"] (default), ["distill"] or both.
+    tar_teacher_side: the synthetic batch's teacher tail mass -> 1 - q (synthesis only).
+    tar_student_side: the student's soft firing probability -> the teacher's tail mass
+        (needs a spiking student).
+    strategy: thresholds: "bn" (default) | "percentile" | "distribution" (thresholds.py).
+    per_channel: thresholds per channel (default) or per layer.
+    normalizer: for "distribution": "standardize" (default, own mean/std) | "percentile"
+        (divide by the norm_percentile-quantile, as ANN-to-SNN conversion).
+    norm_percentile: that quantile (default 0.999).
+    student_layers: neuron layers of a matched student stage: "last" (default) | "all".
+    granularity: student/teacher comparison "auto" (per channel where widths match,
+        default) | "stage" (stage means).
+    subsample: positions sampled per step for kthvalue quantiles (default 4096).
+    momentum: EMA momentum of the running threshold estimates (default 0.1).
+    mask_nonpositive: leave out channels whose bn/percentile threshold is <= 0 (after a
+        ReLU they carry no tail information; default true).
+    tar_error: "squared" (default, (p - t)^2) | "chi2" ((p - t)^2 / (t (1 - t))) |
+        "bernoulli-kl" (KL(Bern(t) || Bern(p))): how tail probabilities are compared.
+    """
+
+    beta: float = 0.3
+    q: float = 0.95
+    kappa: float = 0.1
+    kappa_scale: Literal["relative", "absolute"] = "relative"
+    tar_variant: Literal["aligned", "seed"] = "aligned"
+    tar_phases: list[Phase] = field(default_factory=lambda: ["synthesis"])
+    tar_teacher_side: bool = True
+    tar_student_side: bool = True
+    strategy: Literal["bn", "percentile", "distribution"] = "bn"
+    per_channel: bool = True
+    normalizer: Literal["standardize", "percentile"] = "standardize"
+    norm_percentile: float = 0.999
+    student_layers: Literal["last", "all"] = "last"
+    granularity: Literal["auto", "stage"] = "auto"
+    subsample: int = 4096
+    momentum: float = 0.1
+    mask_nonpositive: bool = True
+    tar_error: Literal["squared", "chi2", "bernoulli-kl"] = "squared"
+
+    def _validate_tar(self, sec: str) -> None:
+        cfgmod.nonneg(sec, beta=self.beta)
+        cfgmod.require(0.0 < self.q < 1.0, f"{sec}.q = {self.q} must lie in (0, 1), e.g. 0.95.")
+        cfgmod.require(self.kappa > 0, f"{sec}.kappa = {self.kappa} must be > 0 (e.g. 0.1).")
+        cfgmod.require(self.subsample >= 2, f"{sec}.subsample = {self.subsample} must be >= 2.")
+        cfgmod.require(0.0 < self.momentum <= 1.0,
+                       f"{sec}.momentum = {self.momentum} must lie in (0, 1].")
+        cfgmod.require(0.0 < self.norm_percentile <= 1.0,
+                       f"{sec}.norm_percentile = {self.norm_percentile} must lie in (0, 1].")
+        if self.tar_variant == "aligned":
+            cfgmod.require(self.tar_teacher_side or self.tar_student_side,
+                           f"{sec}: tar_teacher_side and tar_student_side are both false; "
+                           f"enable one, or set {sec}.beta = 0 to switch TAR off.")
+            cfgmod.require(self.tar_student_side or "synthesis" in self.tar_phases
+                           or not self.tar_phases,
+                           f"{sec}: the TAR teacher side acts only in synthesis (the teacher "
+                           f"has no gradient in distillation), but tar_phases = "
+                           f"{self.tar_phases}; add \"synthesis\" or set tar_student_side = true.")
+        if self.beta > 0:  # beta = 0 is the explicit "off" switch: no warning
+            cfgmod.soft_range(sec, "beta", self.beta, 0.2, 0.5)
+        cfgmod.soft_range(sec, "q", self.q, 0.90, 0.98)
+
+
+@dataclass
+class STARSConfig(RCAFields, TARFields):
+    """[stars]: both terms (see RCAFields and TARFields for every option)."""
+
+    _section = "stars"
+
+    def validate(self) -> None:
+        self._validate_rca(self._section)
+        self._validate_tar(self._section)
+
+
+@dataclass
+class RCAConfig(RCAFields):
+    """[rca]: RCA only."""
+
+    _section = "rca"
+
+    def validate(self) -> None:
+        self._validate_rca(self._section)
+
+
+@dataclass
+class TARConfig(TARFields):
+    """[tar]: TAR only."""
+
+    _section = "tar"
+
+    def validate(self) -> None:
+        self._validate_tar(self._section)
+
+
+def _thresholds(c: TARFields) -> TeacherThresholds:
+    return TeacherThresholds(c.strategy, c.q, c.kappa, c.per_channel, c.kappa_scale,
+                             c.subsample, c.momentum, c.normalizer, c.norm_percentile,
+                             c.mask_nonpositive)
+
+
+def _has_neuron(module: nn.Module) -> bool:
+    return any(hasattr(m, "v_threshold") for m in module.modules())
+
+
+# ----------------------------------------------------------------------------- regularizers
+class STARS(Regularizer):
+    """STARS: Relational Consistency Alignment + Tail-Aware Regularization (arXiv 2605.27409)."""
+
+    name = "stars"
+    Config = STARSConfig
+    has_rca = True
+    has_tar = True
+
+    def __init__(self, cfg: Any = None, name: str | None = None, **params: Any) -> None:
+        if isinstance(cfg, self.Config):
+            cfg.validate()
+        super().__init__(cfg, name=name, **params)
+        c = self.cfg
+        # TAR thresholds; RCAOnly keeps default ones for its diagnostics only.
+        self.thresholds = _thresholds(c if self.has_tar else TARFields())
+        self.tail = TailAware(self.thresholds,
+                              getattr(c, "tar_teacher_side", True),
+                              getattr(c, "tar_student_side", True),
+                              getattr(c, "student_layers", "last"),
+                              getattr(c, "granularity", "auto"),
+                              getattr(c, "tar_error", "squared"))
+        self.pairs: list[tuple[int, int]] | None = None
+
+    # -- where each term acts ----------------------------------------------------------
+    def rca_phases(self) -> tuple[str, ...]:
+        c = self.cfg
+        return tuple(p for p in PHASES if p in c.rca_phases) if self.has_rca and c.alpha > 0 else ()
+
+    def tar_phases(self) -> tuple[str, ...]:
+        c = self.cfg
+        return tuple(p for p in PHASES if p in c.tar_phases) if self.has_tar and c.beta > 0 else ()
+
+    def active_phases(self) -> tuple[str, ...]:
+        on = set(self.rca_phases()) | set(self.tar_phases())
+        return tuple(p for p in PHASES if p in on)
+
+    def _aligned(self) -> bool:
+        return self.has_tar and self.cfg.tar_variant == "aligned"
+
+    def _student_side(self, phase: str) -> bool:
+        return (phase in self.tar_phases() and self._aligned()
+                and self.cfg.tar_student_side)
+
+    def _teacher_side(self, phase: str) -> bool:
+        return (phase == "synthesis" and phase in self.tar_phases() and self._aligned()
+                and self.cfg.tar_teacher_side)
+
+    def needs_student(self, phase: str) -> bool:
+        return (phase in self.rca_phases() or self._student_side(phase)
+                or (phase in self.tar_phases() and self.cfg.tar_variant == "seed"))
+
+    def needs_spiking(self, phase: str) -> bool:
+        return self._student_side(phase)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def check_models(self, teacher: StagedModel, student: StagedModel) -> None:
+        """ConfigError naming what is missing and which option to change."""
+        sec = self.name
+        nt, ns = getattr(teacher, "num_stages", 0), getattr(student, "num_stages", 0)
+        staged_rca = self.has_rca and self.rca_phases() and self.cfg.rca_features != "pooled"
+        if staged_rca and (nt == 0 or ns == 0):
+            raise ConfigError(f"{sec}: rca_features = {self.cfg.rca_features!r} needs staged "
+                              f"models, but the teacher has {nt} and the student {ns} stages; "
+                              f"set {sec}.rca_features = \"pooled\".")
+        if not (self._aligned() and self.tar_phases()):
+            return
+        if nt == 0 or ns == 0:
+            raise ConfigError(f"{sec}: TAR needs teacher and student stages (teacher has {nt}, "
+                              f"student {ns}); set {sec}.tar_variant = \"seed\" or {sec}.beta = 0.")
+        pairs = match_stages(nt, ns)
+        if any(self._student_side(p) for p in PHASES):
+            if not getattr(student, "is_spiking", False):
+                raise ConfigError(
+                    f"{sec}: the TAR student side needs a spiking student (membrane potentials "
+                    f"and V_th), but the student {type(student).__name__} is an ANN. Set "
+                    f"{sec}.tar_student_side = false, or use a spiking student."
+                )
+            empty = [s for _, s in pairs if not _has_neuron(student.stages[s])]
+            if empty:
+                raise ConfigError(
+                    f"{sec}: student stages {empty} contain no spiking neuron, so the TAR "
+                    f"student side has no membrane to read there; set "
+                    f"{sec}.tar_student_side = false or use a student with neurons in every stage."
+                )
+        if self.cfg.strategy == "bn":
+            missing = [t for t, _ in pairs if stage_batchnorm(teacher.stages[t]) is None]
+            if missing:
+                raise ConfigError(
+                    f"{sec}: strategy = \"bn\" derives thresholds from the teacher's BatchNorm, "
+                    f"but teacher stages {missing} have none; set {sec}.strategy = "
+                    f"\"percentile\" or \"distribution\"."
+                )
+
+    def setup(self, teacher: StagedModel, student: StagedModel, spec: Any = None) -> None:
+        """Match stages; derive BN thresholds (strategy bn) once."""
+        self.pairs = match_stages(teacher.num_stages, student.num_stages)
+        try:
+            self.thresholds.setup(teacher, [t for t, _ in self.pairs])
+        except ConfigError:
+            if self.has_tar:
+                raise  # RCAOnly: no BN thresholds -> no tail diagnostics, nothing else lost
+
+    def _ensure_setup(self, ctx: StepContext) -> list[tuple[int, int]]:
+        if self.pairs is None or not self.thresholds.ready:
+            self.setup(ctx.teacher_model, ctx.student_model, ctx.spec)
+        return self.pairs
+
+    # -- the terms -------------------------------------------------------------------------
+    def terms(self, ctx: StepContext) -> dict[str, Tensor]:
+        ph, c, out = ctx.phase, self.cfg, {}
+        distill = ph == "distill"
+        if ph in self.rca_phases():
+            s = self._student(ctx, "RCA")
+            loss = rca_loss(ctx.teacher, s, relation=c.relation, temperature=c.temperature,
+                            features=c.rca_features, detach_teacher=distill)
+            sign = -1.0 if (not distill and c.rca_sign == "adversarial") else 1.0
+            out["rca"] = (sign * c.alpha) * loss
+        if ph in self.tar_phases():
+            if c.tar_variant == "seed":
+                s = self._student(ctx, "TAR (seed)")
+                t_logits = ctx.teacher.logits.detach() if distill else ctx.teacher.logits
+                loss = seed_tar(s.logits, t_logits, c.q)
+            else:
+                pairs = self._ensure_setup(ctx)
+                s_side = self._student_side(ph)
+                if s_side:
+                    s = self._student(ctx, "TAR student side")
+                    if s.spiking is None:
+                        raise ConfigError(
+                            f"{self.name}: the TAR student side needs the student's spiking "
+                            f"records, but the {ph} step passed none; the caller must run "
+                            f"forward_features(..., record_spiking=needs_spiking({ph!r}))."
+                        )
+                res = self.tail(ctx.teacher, ctx.student, pairs,
+                                teacher_side=self._teacher_side(ph), student_side=s_side,
+                                update=True, detach_teacher=distill)
+                loss = res.total
+            if loss is not None:
+                out["tar"] = c.beta * loss
+        return out
+
+    def _student(self, ctx: StepContext, what: str):
+        if ctx.student is None:
+            raise ConfigError(f"{self.name}: {what} needs the student's output in the "
+                              f"{ctx.phase} step, but none was passed; the caller must run the "
+                              f"student when needs_student({ctx.phase!r}) is true.")
+        return ctx.student
+
+    # -- diagnostics -------------------------------------------------------------------------
+    def diagnostics(self, ctx: StepContext) -> dict[str, float]:
+        """Per matched stage pair ``t{i}_s{j}``: ``teacher_tail_mass``, ``teacher_threshold``,
+        ``student_firing_prob``, ``student_spike_rate``, ``tail_gap`` (= firing prob - tail
+        mass), ``relational_discrepancy``; plus ``pooled/relational_discrepancy``. Keys are
+        ``"<pair>/<name>"``; student keys need a student with spiking records, tail keys
+        thresholds (always available except strategy bn on a teacher without BN). The
+        relation kind is the configured one (cosine for TAROnly). Nothing is updated."""
+        out: dict[str, float] = {}
+        with torch.no_grad():
+            if ctx.student is not None:
+                rel = getattr(self.cfg, "relation", "cosine")
+                temp = getattr(self.cfg, "temperature", 0.1)
+                for k, v in stage_discrepancies(ctx.teacher, ctx.student, relation=rel,
+                                                temperature=temp).items():
+                    out[f"{k}/relational_discrepancy"] = v
+            if ctx.teacher_model is not None and ctx.student_model is not None:
+                self._ensure_setup(ctx)
+            if self.pairs is not None and self.thresholds.ready:
+                res = self.tail(ctx.teacher, ctx.student, self.pairs, teacher_side=False,
+                                student_side=False, update=False, stats=True)
+                for pair, rec in res.stats.items():
+                    for k, v in rec.items():
+                        out[f"{pair}/{k}"] = float(v)
+        return out
+
+    # -- persistence ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"thresholds": self.thresholds.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "thresholds" in state:
+            self.thresholds.load_state_dict(state["thresholds"])
+
+
+class RCAOnly(STARS):
+    """STARS' Relational Consistency Alignment alone (section [rca])."""
+
+    name = "rca"
+    Config = RCAConfig
+    has_tar = False
+
+
+class TAROnly(STARS):
+    """STARS' Tail-Aware Regularization alone (section [tar])."""
+
+    name = "tar"
+    Config = TARConfig
+    has_rca = False
