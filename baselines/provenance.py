@@ -1,0 +1,167 @@
+"""Run provenance: seeding, device choice, code version, package versions, memory.
+
+Everything a result row needs to say *what* produced it (git commit, package versions,
+device) and to be reproduced (one seed for python, numpy and torch; deterministic
+algorithms on CPU, where a fixed seed then gives identical numbers).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata as md
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+
+#: Distributions whose versions every result records (missing ones are recorded as None).
+TRACKED_PACKAGES = ("torch", "torchvision", "spikingjelly", "optuna", "numpy", "stars-dfkd")
+
+
+def set_seed(seed: int, device: str | torch.device = "cpu") -> None:
+    """Seed python's ``random``, numpy and torch (all devices) with ``seed``.
+
+    On CPU also switch torch to deterministic algorithms (``warn_only=True``: an op without
+    a deterministic kernel warns instead of failing), so one seed gives identical numbers.
+    On CUDA this is not forced (it needs ``CUBLAS_WORKSPACE_CONFIG`` and costs speed); GPU
+    runs are reproducible only up to floating-point reduction order.
+    """
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    if torch.device(device).type == "cpu":
+        deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
+def deterministic_algorithms(mode: bool = True) -> None:
+    """``torch.use_deterministic_algorithms(mode, warn_only=True)`` without its import of
+    ``torch._inductor`` (several seconds at every process start); the inductor flag is set
+    only when inductor is already loaded (nothing here uses torch.compile)."""
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:  # a future torch without the private setter
+        torch.use_deterministic_algorithms(mode, warn_only=True)
+        return
+    inductor = sys.modules.get("torch._inductor.config")
+    if inductor is not None:
+        inductor.deterministic = mode
+    setter(mode, warn_only=True)
+
+
+@contextmanager
+def preserve_rng() -> Iterator[None]:
+    """Run a block without disturbing the caller's random streams (python, numpy, torch).
+
+    Used around teacher training, so a run's student and synthesis draw the same numbers
+    whether its teacher was trained now or read from the cache.
+    """
+    py, npy = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
+def pick_device(name: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> cuda if available, else cpu; ``"cpu"``; ``"cuda"`` / ``"cuda:N"``.
+
+    Raises ConfigError when CUDA is asked for and not available (or N is out of range).
+    """
+    text = str(name).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {name!r} was asked for but CUDA is not available here "
+                f"(torch {torch.__version__}, torch.version.cuda={torch.version.cuda}). "
+                "Use --device cpu (or auto), or run on a machine with an NVIDIA GPU and a CUDA build of torch."
+            )
+        dev = torch.device(text)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) visible "
+                f"(indices 0..{torch.cuda.device_count() - 1})."
+            )
+        return dev
+    raise ConfigError(f"unknown device {name!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+
+
+def _repo_root() -> Path:
+    """The directory holding the ``baselines`` package (the checkout for editable installs)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def git_commit(path: str | os.PathLike | None = None) -> str | None:
+    """Commit hash of the checkout this code runs from, ``"<hash>-dirty"`` when files have
+    uncommitted changes (tracked files anywhere, or new files not ignored by .gitignore);
+    None outside a git checkout (e.g. an installed wheel), without commits, or without git.
+
+    The checkout must be the one holding this package: a site-packages directory that
+    happens to lie inside some other repository (a ``.venv`` in a checkout) does not count.
+    """
+    root = Path(path) if path is not None else _repo_root()
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                                 timeout=10, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() != root.resolve():
+        return None
+    head = git("rev-parse", "HEAD")
+    if not head:
+        return None  # a repository without commits
+    status = git("status", "--porcelain")
+    return f"{head}-dirty" if status else head
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of the packages a result depends on, plus python and the platform."""
+    out: dict[str, str | None] = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    out["python"] = platform.python_version()
+    out["cuda"] = torch.version.cuda
+    out["platform"] = platform.platform(terse=True)
+    return out
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (``getrusage`` ru_maxrss)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def now_iso() -> str:
+    """Current UTC time, ISO 8601 with seconds (``2025-01-31T12:00:00+00:00``)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+__all__ = ["set_seed", "deterministic_algorithms", "preserve_rng", "pick_device", "git_commit", "package_versions",
+           "peak_rss_mb", "now_iso", "TRACKED_PACKAGES"]

@@ -1,0 +1,62 @@
+"""The ``dfkd`` command line: ``dfkd <command> [options]`` (``dfkd <command> --help``).
+
+Each command lives in its own module ``benchmarks.cmd_<name>`` exposing
+``register(subparsers)``, which adds the command's parser and sets ``func=run``. Modules
+are imported when the parser is built; one that is not installed is skipped, one that is
+broken is reported on stderr and skipped, so the other commands keep working.
+
+Errors the user can fix (:class:`baselines.errors.DFKDError`) print ``error: <message>``
+on stderr and exit with code 2, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: Command modules, in the order ``dfkd --help`` lists them.
+COMMAND_MODULES = ("cmd_list", "cmd_train_teacher", "cmd_distill", "cmd_bench", "cmd_report", "cmd_tune")
+
+EXIT_USER_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dfkd",
+        description="Data-free knowledge distillation from ANN teachers into spiking students.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        modname = f"{__package__ or 'benchmarks'}.{name}"
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name == modname:
+                continue  # command not available in this version
+            print(f"warning: command module {modname} is broken ({exc}); skipped", file=sys.stderr)
+            continue
+        except Exception as exc:  # noqa: BLE001 - one broken command must not break the others
+            print(f"warning: command module {modname} is broken ({type(exc).__name__}: {exc}); skipped",
+                  file=sys.stderr)
+            continue
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dfkd`` console script; returns the exit code."""
+    from baselines.errors import DFKDError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DFKDError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
