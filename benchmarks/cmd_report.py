@@ -1,0 +1,43 @@
+"""``dfkd report DIR``: rebuild results.csv (+ parquet), leaderboard.md and plots/ from DIR/rows."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="rebuild a benchmark's leaderboard and plots from its rows",
+                       description="Rebuild DIR/results.csv (and results.parquet when pyarrow is "
+                                   "installed), DIR/leaderboard.md and DIR/plots/*.png from DIR/rows/*.json "
+                                   "alone (no job is run).")
+    p.add_argument("dir", metavar="DIR", help="a benchmark output directory (dfkd bench --out)")
+    p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .leaderboard import write_report
+
+    paths = write_report(args.dir, plots=not args.no_plots)
+    print(f"wrote {paths['leaderboard']}, {paths['csv']}"
+          + (f", {paths['parquet']}" if "parquet" in paths else " (no parquet: pyarrow not installed)")
+          + (f", {len(paths.get('plots', {}))} plot(s) in {args.dir}/plots" if not args.no_plots else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from baselines.errors import DFKDError
+
+    p = argparse.ArgumentParser(prog="dfkd report")
+    sub = p.add_subparsers(dest="cmd")
+    register(sub)
+    args = p.parse_args(["report", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        return run(args)
+    except DFKDError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The leaderboard and plots: statistics checked by hand, tables and PNGs built from rows alone."""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmarks import leaderboard as lb
+from benchmarks import plots, runner
+
+BASELINES_MD = Path(__file__).resolve().parents[2] / "shared" / "reference" / "baselines.md"
+
+
+# --------------------------------------------------------------------------- statistics
+@pytest.mark.parametrize("df,q", [(1, 12.7062), (2, 4.3027), (3, 3.1824), (4, 2.7764), (9, 2.2622),
+                                  (29, 2.0452), (1000, 1.9623)])
+def test_t_quantile_matches_the_t_table(df, q):
+    assert lb.t_quantile(0.975, df) == pytest.approx(q, abs=1e-4)
+    assert lb.t_quantile(0.025, df) == pytest.approx(-q, abs=1e-4)
+
+
+def test_t_quantile_matches_scipy_for_real_df():
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1.5, 3.7, 12.2, 55.0):
+        for p in (0.9, 0.95, 0.975, 0.995):
+            assert lb.t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-8)
+
+
+def test_mean_std_is_the_sample_std():
+    assert lb.mean_std([80.0, 82.0, 84.0]) == (82.0, 2.0, 3)
+    m, s, n = lb.mean_std([70.0, None, float("nan")])
+    assert (m, n) == (70.0, 1) and math.isnan(s)
+    assert lb.mean_std([])[2] == 0
+
+
+def test_paired_difference_ci_by_hand():
+    # d = (2, 3, 4): mean 3, sd 1, half-width t_{.975,2} / sqrt(3) = 4.302653 / 1.732051 = 2.484138
+    d = lb.diff_ci({0: 80.0, 1: 82.0, 2: 84.0}, {0: 78.0, 1: 79.0, 2: 80.0})
+    assert d["method"] == "paired" and d["n"] == 3 and d["mean"] == pytest.approx(3.0)
+    assert d["lo"] == pytest.approx(3 - 2.484138, abs=1e-5) and d["hi"] == pytest.approx(3 + 2.484138, abs=1e-5)
+    assert lb.fmt_diff(d) == "+3.00 [+0.52, +5.48] (paired, n=3)"
+
+
+def test_unpaired_difference_uses_welch_and_single_seeds_have_no_ci():
+    # groups (1, 3) and (5, 9): diff -5, se = sqrt(2/2 + 8/2) = sqrt(5), Welch df = 25 / (1 + 16) = 1.470588
+    d = lb.diff_ci({0: 1.0, 1: 3.0}, {2: 5.0, 3: 9.0})
+    assert d["method"] == "welch" and d["mean"] == pytest.approx(-5.0)
+    half = lb.t_quantile(0.975, 25 / 17) * math.sqrt(5)
+    assert d["hi"] - d["mean"] == pytest.approx(half)
+    one = lb.diff_ci({0: 61.0}, {0: 60.0})
+    assert one["mean"] == pytest.approx(1.0) and lb.fmt_diff(one) == "+1.00 (n<2: no CI)"
+    assert lb.fmt_diff(lb.diff_ci({0: 61.0}, {})) == "-"
+
+
+# --------------------------------------------------------------------------- rows -> tables
+def row(synth, regs, seed, acc, dataset="fashion-mnist", teacher="smallcnn", student="spiking_smallcnn",
+        status="ok", error=None, **kw):
+    r = {"dataset": dataset, "teacher": teacher, "student": student, "T": 4, "synthesizer": synth,
+         "regularizers": [{"name": x, "params": {}} for x in regs], "seed": seed, "teacher_acc": 90.0,
+         "student_acc": acc, "student_acc_best": acc, "firing_rate": 0.2 if regs else 0.1,
+         "sops_per_image": 2e5, "images_synthesized": 100, "synthesis_seconds": 50.0 if regs else 40.0,
+         "distill_seconds": 10.0, "status": status, "error": error,
+         "config": {"run": {"train_subset": 20000, "test_subset": 2000}, "distill": {"epochs": 4, "kd_steps": 10,
+                                                                                    "synth_batches": 1, "batch_size": 64}}}
+    r.update(kw)
+    r["job_label"] = runner.job_label(dataset, teacher, student, synth, regs, seed)
+    r["job_id"] = runner.config_hash({"l": r["job_label"]})
+    return r
+
+
+STARS_DIAG = {"start": {"stars": {"t0_s0/teacher_tail_mass": 0.05, "t0_s0/student_firing_prob": 0.30,
+                                  "t1_s1/teacher_tail_mass": 0.04, "t1_s1/student_firing_prob": 0.20,
+                                  "t0_s0/tail_gap": 0.25, "pooled/relational_discrepancy": 0.1}},
+              "end": {"stars": {"t0_s0/teacher_tail_mass": 0.05, "t0_s0/student_firing_prob": 0.08,
+                                "t1_s1/teacher_tail_mass": 0.04, "t1_s1/student_firing_prob": 0.05}}}
+
+
+def synthetic_rows() -> list[dict]:
+    rows = []
+    for seed, (wo, w) in enumerate([(78.0, 80.0), (79.0, 82.0), (80.0, 84.0)]):
+        rows.append(row("deepinversion", [], seed, wo))
+        rows.append(row("deepinversion", ["stars"], seed, w, diagnostics=STARS_DIAG))
+        rows.append(row("real", [], seed, 88.0 + seed))
+    rows.append(row("cmi", [], 0, 70.0))
+    rows.append(row("noise", [], 0, 20.0))
+    rows.append(row("scratch", [], 0, 85.0, teacher_acc=None))
+    rows.append(row("cmi", ["stars"], 0, None, status="failed", error="Traceback...\nNonFiniteLossError: loss became nan"))
+    rows.append(row("deepinversion", [], 0, 61.0, dataset="cifar10", teacher="resnet34", student="spiking_resnet18"))
+    return rows
+
+
+def write_rows(out: Path, rows: list[dict]) -> None:
+    for r in rows:
+        runner.write_row(out / "rows", r["job_id"], r)
+
+
+def test_summary_table_numbers(tmp_path):
+    df = lb.frame(synthetic_rows())
+    t = lb.summary_table(df[df["status"] == "ok"], "fashion-mnist").set_index("synthesizer")
+    di = t.loc["deepinversion"]
+    assert di["without STARS"] == "79.00 ± 1.00 (n=3)"
+    assert di["with STARS"] == "82.00 ± 2.00 (n=3)"
+    assert di["difference (95% CI)"] == "+3.00 [+0.52, +5.48] (paired, n=3)"
+    assert di["teacher"] == "90.00" and di["real KD"] == "89.00 ± 1.00 (n=3)"
+    assert di["synth s/image (w/o / w/)"] == "0.400 / 0.500" and di["firing rate (w/o / w/)"] == "0.100 / 0.200"
+    assert t.loc["cmi"]["with STARS"] == "-" and t.loc["cmi"]["without STARS"] == "70.00 (n=1)"
+    assert t.loc["noise (reference)"]["without STARS"] == "20.00 (n=1)"
+    assert t.loc["scratch (reference)"]["without STARS"] == "85.00 (n=1)"
+    assert lb.PUBLISHED_SOURCE not in t.columns  # no published setting matches fashion-mnist
+    c = lb.summary_table(df[df["status"] == "ok"], "cifar10").set_index("synthesizer")
+    assert c.loc["deepinversion"][lb.PUBLISHED_SOURCE] == "93.26 (DeepInv-2k)"
+
+
+def test_published_numbers_match_only_the_same_setting():
+    assert lb.published("cifar100", "vgg11", "spiking_resnet18", "fast") == [("Fast-10", 67.44)]
+    assert [a for _, a in lb.published("cifar10", "resnet34", "resnet18", "fast")] == [92.62, 94.05]
+    assert lb.published("cifar10", "resnet18", "spiking_resnet18", "deepinversion") == []
+    assert lb.published("cifar100", "resnet34", "spiking_resnet18", "noise") == []
+
+
+@pytest.mark.skipif(not BASELINES_MD.is_file(), reason="shared/reference/baselines.md not present")
+def test_published_table_is_transcribed_from_baselines_md():
+    text = BASELINES_MD.read_text()
+    names = {"Teacher": "teacher", "DeepInv-2k": "deepinversion", "CMI-500": "cmi", "Fast-2": "fast",
+             "Fast-10": "fast", "KD with real data": "real"}
+    pairs = {"R34->R18": ("resnet34", "resnet18"), "VGG11->R18": ("vgg11", "resnet18"),
+             "WRN40-2->WRN16-1": ("wrn40_2", "wrn16_1")}
+    found = set()
+    for block in re.findall(r"\| (CIFAR-10|CIFAR-100) \|([^\n]*)\n\|[-|]+\n((?:\|[^\n]*\n)+)", text):
+        ds = block[0].lower().replace("-", "")
+        cols = [c.strip() for c in block[1].strip(" |").split("|")]
+        for line in block[2].strip().splitlines():
+            cells = [c.strip() for c in line.strip(" |").split("|")]
+            for col, cell in zip(cols, cells[1:]):
+                acc = float(cell.split()[0])
+                found.add((ds, *pairs[col], cells[0], names[cells[0]], acc))
+    assert found == set(lb.PUBLISHED)
+
+
+def test_write_report_builds_csv_markdown_and_plots_from_rows(tmp_path):
+    rows = synthetic_rows()
+    write_rows(tmp_path, rows)
+    (tmp_path / "jobs" / rows[1]["job_id"]).mkdir(parents=True)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    plt.imsave(tmp_path / "jobs" / rows[1]["job_id"] / "samples.png", np.random.rand(16, 16, 3))
+    paths = lb.write_report(tmp_path)
+    csv = pd.read_csv(paths["csv"])
+    assert len(csv) == len(rows) and set(csv["status"]) == {"ok", "failed"}
+    assert set(csv.loc[csv["synthesizer"] == "deepinversion", "regularizers"]) == {"none", "stars"}
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "## fashion-mnist" in md and "## cifar10" in md
+    assert "+3.00 [+0.52, +5.48] (paired, n=3)" in md
+    assert "## Failed runs" in md and "NonFiniteLossError: loss became nan" in md
+    assert "fashion-mnist/smallcnn:spiking_smallcnn/cmi+stars/seed0" in md
+    assert "| 20000 | 2000 |" in md  # the subsets used are recorded under settings
+    for name in ("accuracy.png", "accuracy_vs_time.png", "samples.png", "tar_diagnostics.png"):
+        p = tmp_path / "plots" / name
+        assert p.is_file() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"plots/{name}" in md
+
+
+def test_plots_without_their_data_are_skipped_with_a_note(tmp_path):
+    rows = [r for r in synthetic_rows() if r["synthesizer"] != "deepinversion" or not r["regularizers"]]
+    for r in rows:
+        r.pop("diagnostics", None)
+    write_rows(tmp_path, rows)
+    paths = lb.write_report(tmp_path)
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "plot 'synthetic samples' skipped" in md and "plot 'TAR diagnostics' skipped" in md
+    assert not (tmp_path / "plots" / "samples.png").exists()
+    assert "accuracy by synthesizer" in paths["plots"]
+
+
+def test_tar_series_reads_the_flat_stars_form_and_list_forms():
+    s = plots.tar_series(STARS_DIAG)
+    labels, tail, fire = s["start"]["stars"]
+    assert labels == ["t0_s0", "t1_s1"] and tail == [0.05, 0.04] and fire == [0.30, 0.20]
+    alt = plots.tar_series({"end": {"tar": {"teacher_tail": [0.1, 0.2], "student_firing": {"a": 0.3, "b": 0.4}}}})
+    assert alt["end"]["tar"][1:] == ([0.1, 0.2], [0.3, 0.4])
+    assert plots.tar_series({"start": "garbage"}) == {} and plots.tar_series(None) == {}
+
+
+def test_dfkd_report_rebuilds_from_rows_alone(tmp_path, capsys):
+    from benchmarks import cmd_report
+
+    write_rows(tmp_path, synthetic_rows())
+    assert cmd_report.main([str(tmp_path), "--no-plots"]) == 0
+    assert (tmp_path / "leaderboard.md").is_file() and not (tmp_path / "plots").exists()
+    assert "leaderboard.md" in capsys.readouterr().out
+    assert cmd_report.main([str(tmp_path / "empty")]) == 2
+    assert "no rows" in capsys.readouterr().err
