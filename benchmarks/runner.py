@@ -61,7 +61,8 @@ MACHINE_KEYS = ("data_root", "download", "progress")
 #: Run keys set by the cell itself; ``--set`` may not override them.
 IDENTITY_KEYS = ("dataset", "teacher", "student", "synthesizer", "regularizers", "seed")
 
-TOP_KEYS = ("bench", "run", "distill", "budget", "params", "overrides", "cost", "executor")
+TOP_KEYS = ("bench", "run", "distill", "budget", "params", "overrides", "cost", "executor",
+            "tune")  # [tune] belongs to `dfkd tune` (benchmarks/tune.py); the runner ignores it
 BENCH_KEYS = ("name", "description", "datasets", "pairs", "synthesizers", "regularizer_sets",
               "seeds", "references", "T")
 OVERRIDE_KEYS = ("run", "distill", "budget", "params")

@@ -596,3 +596,11 @@ def test_scratch_trains_for_as_many_steps_as_kd_and_is_deterministic(monkeypatch
 def test_scratch_failure_is_a_failed_row():
     row = runner.run_scratch(_scratch_cfg(lr=1e30))
     assert row["status"] == "failed" and "NonFiniteLossError" in row["error"] and row["synthesizer"] == "scratch"
+
+
+def test_a_preset_may_carry_a_tune_table_for_dfkd_tune(tmp_path):
+    from benchmarks.runner import load_preset
+    p = tmp_path / "p.toml"
+    p.write_text('[bench]\ndatasets = ["toy"]\npairs = ["smallcnn:spiking_smallcnn"]\n'
+                 'synthesizers = ["noise"]\n[tune]\nalpha = [0.1, 0.9]\n')
+    load_preset(str(p))  # must not be rejected as an unknown top-level table
