@@ -604,3 +604,17 @@ def test_a_preset_may_carry_a_tune_table_for_dfkd_tune(tmp_path):
     p.write_text('[bench]\ndatasets = ["toy"]\npairs = ["smallcnn:spiking_smallcnn"]\n'
                  'synthesizers = ["noise"]\n[tune]\nalpha = [0.1, 0.9]\n')
     load_preset(str(p))  # must not be rejected as an unknown top-level table
+
+
+def test_teacher_seed_shares_one_teacher_across_seeds():
+    """run.teacher_seed pins the teacher: seeds then vary only synthesis and KD."""
+    from benchmarks.job import resolve_config, teacher_seed
+    from benchmarks.runner import teacher_keys
+
+    base = load_preset("quick")
+    jobs = expand(base, sets=["run.teacher_seed=0"], resolve=resolve_config)
+    jobs_seeds = [j for j in expand(load_preset("quick"), resolve=resolve_config)]
+    assert {teacher_seed(j.run) for j in jobs} == {0}
+    assert len(teacher_keys(jobs)) == 1
+    # without it, the teacher follows each job's seed
+    assert {teacher_seed(j.run) for j in jobs_seeds} == {j.run["seed"] for j in jobs_seeds}
