@@ -23,7 +23,6 @@ from torch import Tensor, nn
 
 from .config import nonneg, positive, require
 from .hooks import StepContext, total_loss
-from .models import StagedModel
 from .spec import DataSpec
 from .synthesizers.base import Synthesizer
 

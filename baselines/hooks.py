@@ -33,8 +33,7 @@ Then ``dfkd distill ... --regularizer logit-norm --set logit-norm.weight=0.2``.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable
 
 import torch

@@ -14,9 +14,8 @@ Stages of a teacher and a student are matched by relative depth (:func:`match_st
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 

@@ -11,11 +11,12 @@ from .adversarial import adi_loss, js_divergence, kl_per_sample, masked_kl_adver
 from .bn import BNStatLoss, bn_layers, bn_stat_distance, channel_stats
 from .contrastive import (InstanceFeatures, MemoryBank, ProjectionHead, contrastive_loss,
                           feature_layers)
+from .inversion import inversion_terms
 from .priors import class_loss, l2_norm, neighbour_differences, total_variation
 
 __all__ = [
     "adi_loss", "js_divergence", "kl_per_sample", "masked_kl_adversarial",
     "BNStatLoss", "bn_layers", "bn_stat_distance", "channel_stats",
     "InstanceFeatures", "MemoryBank", "ProjectionHead", "contrastive_loss", "feature_layers",
-    "class_loss", "l2_norm", "neighbour_differences", "total_variation",
+    "inversion_terms", "class_loss", "l2_norm", "neighbour_differences", "total_variation",
 ]

@@ -29,7 +29,8 @@ from .. import config as cfgmod
 from ..errors import ConfigError
 from ..hooks import detach_terms, total_loss
 from ..losses import (BNStatLoss, InstanceFeatures, MemoryBank, ProjectionHead, bn_layers,
-                      class_loss, contrastive_loss, feature_layers, masked_kl_adversarial)
+                      contrastive_loss, feature_layers, inversion_terms,
+                      masked_kl_adversarial)
 from ..spec import random_crop_flip
 from .base import SynthesisResult, SynthesisSetup, Synthesizer, eval_frozen
 from .generator import Generator, check_generator_size, random_resized_crop
@@ -131,13 +132,8 @@ class CMI(Synthesizer):
                     l_view = spec.normalize(random_resized_crop(x, tuple(cfg.local_scale), hflip=spec.hflip)) if use_cr else None
                     bnl.enabled = True
                     t_out, s_out = self.forward_pair(g_view, need_student)
-                    terms: dict[str, Tensor] = {}
-                    if cfg.bn > 0:
-                        terms["bn"] = cfg.bn * bnl.loss()
-                    if cfg.oh > 0:
-                        terms["oh"] = cfg.oh * class_loss(t_out.logits, targets)
-                    if adv_on:
-                        terms["adv"] = cfg.adv * masked_kl_adversarial(s_out.logits, t_out.logits)
+                    terms = inversion_terms(cfg.bn, cfg.oh, cfg.adv if adv_on else 0.0, bnl, t_out,
+                                            s_out, targets, masked_kl_adversarial)
                     if use_cr:
                         g_feat = feats.features()
                         bnl.enabled = False

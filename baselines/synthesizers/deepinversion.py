@@ -26,7 +26,7 @@ from torch import Tensor
 from .. import config as cfgmod
 from ..errors import ConfigError
 from ..hooks import detach_terms, total_loss
-from ..losses import BNStatLoss, adi_loss, bn_layers, class_loss, l2_norm, total_variation
+from ..losses import BNStatLoss, adi_loss, bn_layers, inversion_terms, l2_norm, total_variation
 from .base import SynthesisResult, SynthesisSetup, Synthesizer, eval_frozen
 
 
@@ -108,14 +108,9 @@ class DeepInversion(Synthesizer):
                 for it in range(cfg.iterations):
                     xa = jitter_flip(x, max_shift, cfg.flip)
                     t_out, s_out = self.forward_pair(xa, need_student)
-                    terms: dict[str, Tensor] = {}
-                    if cfg.bn > 0:
-                        terms["bn"] = cfg.bn * bnl.loss()
-                    if cfg.oh > 0:
-                        terms["oh"] = cfg.oh * class_loss(t_out.logits, targets)
-                    if adv_on:
-                        terms["adv"] = cfg.adv * adi_loss(s_out.logits, t_out.logits,
-                                                          cfg.adv_temperature, cfg.adv_form)
+                    terms = inversion_terms(
+                        cfg.bn, cfg.oh, cfg.adv if adv_on else 0.0, bnl, t_out, s_out, targets,
+                        lambda s, t: adi_loss(s, t, cfg.adv_temperature, cfg.adv_form))
                     if cfg.tv > 0:
                         terms["tv"] = cfg.tv * total_variation(x, cfg.tv_norm)
                     if cfg.l2 > 0:

@@ -43,7 +43,7 @@ from torch import Tensor
 from .. import config as cfgmod
 from ..errors import ConfigError
 from ..hooks import detach_terms, total_loss
-from ..losses import BNStatLoss, bn_layers, class_loss, masked_kl_adversarial
+from ..losses import BNStatLoss, bn_layers, inversion_terms, masked_kl_adversarial
 from ..spec import random_crop_flip
 from .base import SynthesisResult, SynthesisSetup, Synthesizer, eval_frozen
 from .generator import Generator, check_generator_size
@@ -152,13 +152,8 @@ class _FastBase(Synthesizer):
                     x = gen(z)
                     xa = spec.normalize(random_crop_flip(x, spec.crop_padding, spec.hflip))
                     t_out, s_out = self.forward_pair(xa, need_student)
-                    terms: dict[str, Tensor] = {}
-                    if cfg.bn > 0:
-                        terms["bn"] = cfg.bn * bnl.loss()
-                    if cfg.oh > 0:
-                        terms["oh"] = cfg.oh * class_loss(t_out.logits, targets)
-                    if adv_on:
-                        terms["adv"] = cfg.adv * masked_kl_adversarial(s_out.logits, t_out.logits)
+                    terms = inversion_terms(cfg.bn, cfg.oh, cfg.adv if adv_on else 0.0, bnl, t_out,
+                                            s_out, targets, masked_kl_adversarial)
                     terms.update(self.step_terms(xa, targets, t_out, s_out, it))
                     loss = total_loss(terms, where=f"{self.name} synthesis", step=self.step)
                     value = float(loss.detach())
