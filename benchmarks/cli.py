@@ -43,16 +43,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``dfkd`` console script; returns the exit code."""
+def run_reporting_errors(func, args) -> int:
+    """Run a subcommand; a DFKDError becomes ``error: <message>`` and exit code 2."""
     from baselines.errors import DFKDError
 
-    args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        return int(func(args) or 0)
     except DFKDError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dfkd`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run_reporting_errors(args.func, args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

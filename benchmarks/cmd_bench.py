@@ -55,17 +55,14 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m benchmarks.cmd_bench ...`` (same flags; used by the tests)."""
-    from baselines.errors import DFKDError
 
     p = argparse.ArgumentParser(prog="dfkd bench")
     add_arguments(p)
     args = p.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
-    try:
-        return run(args)
-    except DFKDError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from .cli import run_reporting_errors
+
+    return run_reporting_errors(run, args)
 
 
 if __name__ == "__main__":

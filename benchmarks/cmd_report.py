@@ -26,17 +26,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from baselines.errors import DFKDError
 
     p = argparse.ArgumentParser(prog="dfkd report")
     sub = p.add_subparsers(dest="cmd")
     register(sub)
     args = p.parse_args(["report", *(argv if argv is not None else sys.argv[1:])])
-    try:
-        return run(args)
-    except DFKDError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from .cli import run_reporting_errors
+
+    return run_reporting_errors(run, args)
 
 
 if __name__ == "__main__":

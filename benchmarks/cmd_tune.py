@@ -16,7 +16,6 @@ import os
 import sys
 from typing import Any
 
-from baselines.errors import DFKDError
 
 HELP = "tune STARS' alpha, beta and percentile q with Optuna (never on the test set)"
 
@@ -102,11 +101,9 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = add_arguments(argparse.ArgumentParser(prog="dfkd tune", description=HELP))
     args = p.parse_args(argv)
-    try:
-        return run(args)
-    except DFKDError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from .cli import run_reporting_errors
+
+    return run_reporting_errors(run, args)
 
 
 if __name__ == "__main__":
