@@ -11,7 +11,7 @@ recomputes the pre-reset membrane potential H[t] with the neuron's own recurrenc
 
 H is differentiable w.r.t. X (hence the weights and the images) and reproduces the
 library's spikes exactly (S = [H >= V_th]); H is computed lazily, per layer, on first
-access to ``v_pre``; ``store_v_seq`` would give the post-reset V,
+access to ``v_pre``, or at sampled sites only (``v_pre_sample``); ``store_v_seq`` would give the post-reset V,
 not H. Hooks live only inside the ``with`` block, so nobody pays when nobody records.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .models import SpikingLayerState, stage_of_modules
+from .models import SpikingLayerState, gather_sites, stage_of_modules
 
 
 def _neuron_types() -> tuple[type, ...]:
@@ -96,7 +96,9 @@ class MembraneRecorder:
         for name, m, x, s in self.records:
             out.append(SpikingLayerState(
                 name, self._stage.get(m, 0), None, s, float(m.v_threshold),
-                compute=lambda m=m, x=x, s=s: membrane_recurrence(m, x, s)))
+                compute=lambda m=m, x=x, s=s: membrane_recurrence(m, x, s),
+                compute_at=lambda idx, m=m, x=x, s=s: membrane_recurrence(
+                    m, gather_sites(x, idx), gather_sites(s, idx))))
         return out
 
     def __exit__(self, *exc: Any) -> None:

@@ -7,7 +7,8 @@ The issue's target for STARS is <= 1.15x.
 
     python -m benchmarks.speed [--synthesizers deepinversion cmi fast] [--batch-size 64]
         [--steps 5] [--repeats 5] [--teacher smallcnn --student spiking_smallcnn]
-        [--regularizer stars] [--device cpu] [--image-size 32 --channels 1]
+        [--regularizer stars] [--reg-set key=value ...] [--device cpu]
+        [--image-size 32 --channels 1]
 """
 from __future__ import annotations
 
@@ -39,31 +40,49 @@ def _synth_cfg(name: str, batch_size: int, steps: int) -> dict:
     return cfg
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def measure(synth_name: str, teacher, student, spec: DataSpec, reg_name: str, batch_size: int,
-            steps: int, repeats: int, device: torch.device) -> dict:
+            steps: int, repeats: int, device: torch.device, reg_cfg: dict | None = None) -> dict:
     cfg = _synth_cfg(synth_name, batch_size, steps)
     cls = SYNTHESIZERS.get(synth_name)
     bare = cls(SynthesisSetup(teacher, student, spec, RegularizerSet(), device), dict(cfg))
-    regs = RegularizerSet([REGULARIZERS.get(reg_name)({}, name=reg_name)])
+    regs = RegularizerSet([REGULARIZERS.get(reg_name)(dict(reg_cfg or {}), name=reg_name)])
     regs.setup(teacher, student, spec)
     wrapped = cls(SynthesisSetup(teacher, student, spec, regs, device), dict(cfg))
     bare.synthesize(), wrapped.synthesize()  # warm-up (allocations, first-call costs)
     t_bare, t_wrapped = [], []
     for _ in range(repeats):
         for inst, times in ((bare, t_bare), (wrapped, t_wrapped)):
+            _sync(device)
             t0 = time.perf_counter()
             inst.synthesize()
+            _sync(device)
             times.append(time.perf_counter() - t0)
     mb, mw = statistics.median(t_bare), statistics.median(t_wrapped)
     return {"synthesizer": synth_name, "regularizer": reg_name, "bare_s_per_step": mb / steps,
             "with_s_per_step": mw / steps, "ratio": mw / mb, "repeats": repeats, "steps": steps,
-            "batch_size": batch_size}
+            "batch_size": batch_size, "regularizer_config": dict(reg_cfg or {})}
+
+
+def _parse_value(text: str):
+    """A TOML scalar (number, bool, quoted string), else the bare string."""
+    import tomllib
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--synthesizers", nargs="+", default=["deepinversion", "cmi", "fast"])
     ap.add_argument("--regularizer", default="stars")
+    ap.add_argument("--reg-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="regularizer config override, e.g. tar_positions=0 (repeatable)")
     ap.add_argument("--teacher", default="smallcnn")
     ap.add_argument("--student", default="spiking_smallcnn")
     ap.add_argument("--batch-size", type=int, default=64)
@@ -77,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args(argv)
+    reg_cfg = {}
+    for item in args.reg_set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--reg-set {item!r}: expected KEY=VALUE, e.g. tar_positions=0")
+        reg_cfg[key.strip()] = _parse_value(value.strip())
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -89,10 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.teacher} -> {args.student} (T={args.T}), batch {args.batch_size}, "
           f"{args.steps} inner steps per call, median of {args.repeats} interleaved calls, "
           f"device {device}, torch threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}")
+    if reg_cfg:
+        print(f"{args.regularizer} overrides: {reg_cfg}")
     print(f"{'synthesizer':<15}{'bare s/step':>12}{'+' + args.regularizer + ' s/step':>16}{'ratio':>8}")
     for name in args.synthesizers:
         r = measure(name, teacher, student, spec, args.regularizer, args.batch_size, args.steps,
-                    args.repeats, device)
+                    args.repeats, device, reg_cfg)
         rows.append(r)
         print(f"{name:<15}{r['bare_s_per_step']:>12.3f}{r['with_s_per_step']:>16.3f}{r['ratio']:>7.2f}x",
               flush=True)

@@ -12,7 +12,7 @@ and matched stage pairs (l, s):
     distillation the teacher's output has no gradient path).
   - student side: the student's soft firing probability
     p_s = mean_{t, n, space} sigmoid((u_s[t] - V_th) / kappa_s) (pre-reset membrane u,
-    per channel) should equal the teacher's tail mass at the matched stage:
+    per channel; estimated on ``positions`` random (n, pixel) sites when > 0) should equal the teacher's tail mass at the matched stage:
     L_S = mean_s (p_s,c - m_l,c)^2 averaged over channels when the widths match
     (``granularity = "auto"``), else (mean_c p_s,c - mean_c m_l,c)^2. (Equal widths do not
     imply corresponding channels; ``granularity = "stage"`` always compares stage means.)
@@ -144,10 +144,11 @@ class TailAware:
 
     def __init__(self, thresholds: TeacherThresholds, teacher_side: bool = True,
                  student_side: bool = True, layers: str = "last",
-                 granularity: str = "auto", error: str = "squared") -> None:
+                 granularity: str = "auto", error: str = "squared",
+                 positions: int = 0) -> None:
         if error not in ERRORS:
             raise UnknownNameError("TAR error", error, list(ERRORS))
-        self.thr, self.error = thresholds, error
+        self.thr, self.error, self.positions = thresholds, error, positions
         self.teacher_side, self.student_side = teacher_side, student_side
         self.layers, self.granularity = layers, granularity
 
@@ -201,8 +202,13 @@ class TailAware:
 
     def _student_layer(self, r: SpikingLayerState, thr: Threshold, m_t: Tensor,
                        m_t_mean: Tensor) -> tuple[Tensor, Tensor]:
-        """(soft firing probability [C_S], squared error to the teacher's tail mass)."""
-        v = r.v_pre
+        """(soft firing probability [C_S], squared error to the teacher's tail mass).
+
+        With ``positions > 0`` the membrane is recomputed at that many random (sample,
+        pixel) sites only (:meth:`SpikingLayerState.v_pre_sample`): p is then an unbiased
+        Monte-Carlo estimate of the batch's firing probability, at a fraction of the cost.
+        """
+        v = r.v_pre_sample(self.positions) if self.positions > 0 else r.v_pre
         per_channel = (self.granularity == "auto" and v.dim() >= 3
                        and v.shape[2] == m_t.shape[0] and m_t.shape[0] > 1)
         tau_u, kappa_u = self.thr.for_student(thr, v, r.v_threshold, per_channel)

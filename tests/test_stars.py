@@ -390,3 +390,27 @@ def test_missing_spiking_records_is_reported():
     ctx = _ctx("synthesis", t.forward_features(x), s.forward_features(x), t, s, x)
     with pytest.raises(ConfigError, match="record_spiking"):
         STARS({}, name="stars").terms(ctx)
+
+
+def test_sampled_firing_probability_is_an_unbiased_estimate_of_the_exact_one():
+    """tar_positions estimates p per channel on random sites: its mean over draws matches
+    the exact (all-sites) value, one draw is within a few Monte-Carlo standard errors."""
+    from stars_plugin.tar import firing_probability
+    from benchmarks.zoo import snn
+    torch.manual_seed(0)
+    model = snn.spiking_small_cnn(1, 10, 16, T=4)
+    out = model.forward_features(torch.randn(64, 1, 16, 16) * 3, record_spiking=True)
+    rec = out.spiking[0]  # 64 x 16 x 16 = 16384 sites
+    exact = firing_probability(rec.v_pre, 1.0, 0.1)
+    draws = torch.stack([firing_probability(rec.v_pre_sample(512), 1.0, 0.1).detach()
+                         for _ in range(200)])
+    se = draws.std(0) / math.sqrt(200)
+    assert exact.min() > 0.01  # the check is not vacuous
+    assert torch.all((draws.mean(0) - exact.detach()).abs() < 4 * se + 1e-6)
+    one = draws[0]
+    assert torch.all((one - exact.detach()).abs() < 5 * draws.std(0) + 1e-6)
+
+
+def test_tar_positions_must_be_nonnegative():
+    with pytest.raises(ConfigError, match="tar_positions"):
+        STARS({"tar_positions": -1}, name="stars")

@@ -210,3 +210,29 @@ def test_record_spiking_false_registers_no_hooks():
     assert during == [before, before + 4]  # only the probe, then the probe + 4 neuron hooks
     assert count_hooks(model) == before
     probe.remove()
+
+
+@pytest.mark.parametrize("neuron", ["lif", "plif"])
+def test_v_pre_sample_equals_full_membrane_at_the_sampled_sites(neuron):
+    """Recomputing H at sampled sites only gives exactly the full H there, with gradient."""
+    from baselines.models import gather_sites, sample_sites
+    model = snn.spiking_small_cnn(1, 10, 16, T=4, neuron=neuron)
+    x = torch.randn(6, 1, 16, 16, requires_grad=True)
+    out = model.forward_features(x * 3, record_spiking=True)
+    rec = out.spiking[0]  # [T, 6, C, 16, 16]: 1536 sites
+    torch.manual_seed(3)
+    part = rec.v_pre_sample(200)
+    assert not rec.computed  # the full membrane was never built
+    torch.manual_seed(3)
+    idx = sample_sites(rec.spikes, 200)
+    full = gather_sites(rec.v_pre, idx)
+    assert part.shape == (4, 200, rec.spikes.shape[2])
+    assert torch.allclose(part, full, atol=1e-6)
+    spikes = gather_sites(rec.spikes, idx)
+    assert torch.equal((part >= rec.v_threshold).float(), spikes)
+    part.square().mean().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    # fewer sites than asked: the whole layer, [T, N*H*W, C]
+    last = out.spiking[-1]
+    n_sites = last.spikes.shape[1] * last.spikes[0, 0, 0].numel()
+    assert last.v_pre_sample(n_sites + 1).shape == (4, n_sites, last.spikes.shape[2])

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# What one lent GPU session ran (README "Results", GPU rows). Needs, in the repository root:
+#   .whl/   wheels the GPU image lacks (spikingjelly 2.0, optuna and its deps; see README)
+#   .gpu/data/     the four Fashion-MNIST IDX .gz files
+#   .gpu/cache/    optional teacher cache (DFKD_CACHE layout) so the CPU teacher is reused
+# Everything runs in parallel streams under one deadline (BUDGET seconds); each stream's
+# output directory is resumable, so a stream cut by the deadline keeps its finished rows.
+#   OUT=/tmp/out BUDGET=480 bash scripts/gpu-session.sh
+set -u
+T0=$(date +%s)
+BUDGET=${BUDGET:-480}
+OUT=${OUT:-/tmp/gpu-out}
+W=${WORK:-/tmp/gpu-work}
+DEV=${DEV:-cuda}
+mkdir -p "$OUT" "$W"
+export PYTHONUNBUFFERED=1 DFKD_DATA_ROOT="$PWD/.gpu/data" DFKD_CACHE="$PWD/.gpu/cache"
+PY=${PY:-python3}
+left() { echo $(( T0 + BUDGET - $(date +%s) )); }
+cap() { local v=$(( $(left) - ${1:-0} )); [ "$v" -lt 10 ] && v=10; echo "$v"; }  # seconds left minus $1
+log() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
+
+if [ "${SKIP_INSTALL:-0}" != 1 ]; then
+  $PY -m pip install -q --no-index --no-deps --no-cache-dir .whl/*.whl \
+    && $PY -m pip install -q --no-index --no-deps --no-build-isolation -e . \
+    || { log "install failed"; exit 3; }
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$W/gpu.txt" 2>&1
+$PY -c "import torch, torchvision, spikingjelly; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.cuda.is_available())" >> "$W/gpu.txt" 2>&1
+cat "$W/gpu.txt"
+DFKD="$PY -m benchmarks.cli"
+log "setup done"
+
+# 1. STARS synthesis-step overhead, alone on the GPU: ResNet-34 -> spiking ResNet-18, batch 256
+#    (CIFAR-shaped 3x32x32 inputs), then the small pair at batch 64.
+timeout 90 $PY -m benchmarks.speed --device "$DEV" --teacher resnet34 --student spiking_resnet18 \
+  --channels 3 --batch-size "${SPEED_BATCH:-256}" --steps 3 --repeats 3 --json "$W/speed_r34_sr18.json" \
+  > "$W/speed_r34_sr18.txt" 2>&1
+timeout 40 $PY -m benchmarks.speed --device "$DEV" --steps 3 --repeats 3 --json "$W/speed_small.json" \
+  > "$W/speed_small.txt" 2>&1
+log "speed done"; cat "$W"/speed_*.txt
+
+# 2a. ResNet-18 teacher (the 15-epoch recipe), then the ResNet-18 pair table
+( timeout $(cap 150) $DFKD train-teacher --dataset fashion-mnist --model resnet18 --seed 0 \
+    --device "$DEV" > "$W/teacher_resnet18.log" 2>&1
+  timeout $(cap 0) $DFKD bench --preset benchmarks/presets/resnet18-gpu.toml --out "$W/resnet18-gpu" \
+    --workers 3 --set run.device="$DEV" > "$W/bench_resnet18.log" 2>&1
+  log "stream A done" ) &
+# 2b. Tuning of STARS on CMI (ablation budgets), then the 3-seed re-run with the best params
+( timeout $(cap 150) $DFKD tune --preset ablation --synthesizer cmi --trials "${TRIALS:-16}" \
+    --workers 4 --timeout $(cap 260) --out "$W/tune" --set run.device="$DEV" distill.eval_every=1 > "$W/tune.log" 2>&1
+  timeout $(cap 0) $DFKD bench --preset ablation --only '*/cmi/seed*' --only '*/cmi+stars/seed*' \
+    --stars-params "$W/tune/best_params.toml" --set run.device="$DEV" --workers 6 \
+    --out "$W/tuning-best" > "$W/bench_tuning.log" 2>&1
+  log "stream B done" ) &
+# 2c. The STARS ablation (3 synthesizers x {none, stars, rca, tar} x 3 seeds), then the seed's
+#     literal TAR against the aligned one
+( timeout $(cap 90) $DFKD bench --preset ablation --set run.device="$DEV" --workers 6 \
+    --out "$W/ablation" > "$W/bench_ablation.log" 2>&1
+  timeout $(cap 0) $DFKD bench --preset ablation --only '*+stars/seed*' --set run.device="$DEV" \
+    --set stars.tar_variant=seed --workers 6 --out "$W/ablation-seedtar" > "$W/bench_seedtar.log" 2>&1
+  log "stream C done" ) &
+wait
+log "all streams done"
+cp ${DFKD_CACHE}/teachers/fashion-mnist/*.json "$W/" 2>/dev/null
+tar -C "$W" --exclude='*.pt' --exclude='*.lock' -czf "$OUT/results.tgz" . && ls -la "$OUT"
+log "packed"
