@@ -356,6 +356,8 @@ def _compute(cfg: dict[str, Any], prep: Prepared, row: dict[str, Any],
                images_synthesized=res.images_synthesized, synthesis_seconds=res.synthesis_seconds,
                distill_seconds=res.distill_seconds, synth_timing=res.synth_timing,
                synth_losses=res.synth_losses, diagnostics=res.diagnostics)
+    if out_dir is not None:
+        save_samples(synth, f"{out_dir}/samples.png")
     n = min(run["metrics_images"], len(prep.test[1]))
     if n > 0:
         x = spec.normalize(prep.test[0][:n].float().div(255).to(device))
@@ -368,4 +370,23 @@ def _compute(cfg: dict[str, Any], prep: Prepared, row: dict[str, Any],
         torch.save({k: v.detach().cpu() for k, v in student.state_dict().items()}, f"{out_dir}/student.pt")
 
 
-__all__ = ["RunConfig", "resolve_config", "default_config", "config_hash", "prepare", "run_job"]
+def save_samples(synth: Any, path: str, n: int = 32, nrow: int = 8) -> str | None:
+    """Write the last ``n`` images of the synthesizer's pool (the latest synthesized, or the
+    real images it served) as a PNG grid, sorted by target class; None if the pool is
+    empty. Uses no random numbers, so it never changes a run's results."""
+    import os
+
+    from torchvision.utils import save_image
+
+    pool = getattr(synth, "pool", None)
+    if pool is None or len(pool) == 0:
+        return None
+    x, y = pool.tensors()
+    x, y = x[-n:], y[-n:]
+    order = torch.argsort(y, stable=True)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    save_image(x[order].float().div(255.0), path, nrow=nrow, padding=1)
+    return path
+
+
+__all__ = ["RunConfig", "save_samples", "resolve_config", "default_config", "config_hash", "prepare", "run_job"]

@@ -71,12 +71,15 @@ PUBLISHED: tuple[tuple[str, str, str, str, str, float], ...] = (
 NUMERIC = ("T", "seed", "teacher_acc", "student_acc", "student_acc_best", "val_acc", "agreement",
            "firing_rate", "sops_per_image", "images_synthesized", "synthesis_seconds", "distill_seconds",
            "synth_s_per_image", "peak_rss_mb", "job_seconds", "epochs", "kd_steps", "synth_batches",
-           "batch_size", "train_subset", "test_subset")
+           "batch_size", "train_subset", "test_subset") + tuple(f"t_{k}" for k in ("teacher_forward", "student_forward", "backward", "regularizers", "other"))
+#: parts of a synthesize() call timed by the synthesizers (row["synth_timing"], seconds)
+TIMING_PARTS = ("teacher_forward", "student_forward", "backward", "regularizers", "other")
 COLUMNS = ("job_id", "label", "dataset", "teacher", "student", "pair", "T", "synthesizer", "regularizers",
            "seed", "status", "error", "teacher_acc", "student_acc", "student_acc_best", "val_acc", "agreement",
            "firing_rate", "sops_per_image", "images_synthesized", "synthesis_seconds", "distill_seconds",
            "synth_s_per_image", "peak_rss_mb", "job_seconds", "device", "epochs", "kd_steps", "synth_batches",
-           "batch_size", "train_subset", "test_subset", "git_commit", "config_hash")
+           "batch_size", "train_subset", "test_subset", "git_commit", "config_hash",
+           "t_teacher_forward", "t_student_forward", "t_backward", "t_regularizers", "t_other")
 
 
 # --------------------------------------------------------------------------- statistics
@@ -283,6 +286,9 @@ def frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
                    epochs=_get(cfg, "distill", "epochs"), kd_steps=_get(cfg, "distill", "kd_steps"),
                    synth_batches=_get(cfg, "distill", "synth_batches"), batch_size=_get(cfg, "distill", "batch_size"),
                    train_subset=_get(cfg, "run", "train_subset"), test_subset=_get(cfg, "run", "test_subset"))
+        timing = r.get("synth_timing") if isinstance(r.get("synth_timing"), dict) else {}
+        for part in TIMING_PARTS:
+            rec[f"t_{part}"] = timing.get(part)
         imgs, secs = _finite([r.get("images_synthesized")]), _finite([r.get("synthesis_seconds")])
         rec["synth_s_per_image"] = secs[0] / imgs[0] if imgs and secs and imgs[0] > 0 else None
         if rec["label"] is None:
@@ -366,6 +372,27 @@ def ablation_table(ok: pd.DataFrame, dataset: str) -> pd.DataFrame:
     return pd.DataFrame(recs)
 
 
+def cost_table(ok: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Synthesis cost per cell: seconds per synthesized image and the share of the timed
+    synthesize() seconds spent in teacher forward, student forward, backward, the
+    regularizers' terms and the rest (optimizer steps, augmentation, pool), summed over the
+    cell's seeds. CPU shares are exact; on a GPU the parts are timed without synchronizing,
+    so kernel time lands wherever the host next waits (read the GPU shares loosely)."""
+    d = ok[(ok["dataset"] == dataset) & ~ok["synthesizer"].isin(REFERENCE_SYNTHS)]
+    recs = []
+    for (pair, synth, regs), g in d.groupby(["pair", "synthesizer", "regularizers"], sort=True):
+        parts = {p: float(pd.to_numeric(g[f"t_{p}"], errors="coerce").fillna(0).sum()) for p in TIMING_PARTS}
+        total = sum(parts.values())
+        rec = {"pair": pair, "synthesizer": synth, "regularizers": regs,
+               "device": ", ".join(sorted({str(x) for x in g["device"] if pd.notna(x)})) or "-",
+               "synth s/image": _num(_mean(g["synth_s_per_image"]))}
+        for p in TIMING_PARTS:
+            label = "regularizer terms" if p == "regularizers" else p.replace("_", " ")
+            rec[label] = f"{100 * parts[p] / total:.0f}%" if total > 0 else "-"
+        recs.append(rec)
+    return pd.DataFrame(recs)
+
+
 def settings_table(df: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Budgets actually used per synthesizer (from the rows' configs)."""
     d = df[df["dataset"] == dataset]
@@ -408,6 +435,12 @@ def leaderboard_markdown(df: pd.DataFrame, title: str = "Leaderboard",
         regsets = set(ok[ok["dataset"] == ds]["regularizers"]) - {NONE, STARS}
         if regsets:
             out += [f"### {ds}: all regularizer sets", "", md_table(ablation_table(ok, ds)), ""]
+        cost = cost_table(ok, ds)
+        if len(cost):
+            out += [f"### {ds}: synthesis cost", "",
+                    "Seconds per synthesized image and where the synthesize() time went (summed over "
+                    "seeds; on a GPU the parts are timed without synchronization, so read them loosely).",
+                    "", md_table(cost), ""]
         out += [f"### {ds}: settings", "", md_table(settings_table(df, ds)), ""]
     f = failed_table(df)
     out += ["## Failed runs", ""]

@@ -185,7 +185,13 @@ def test_result_json_has_every_field_and_matches_the_returned_row(tmp_path):
     assert REQUIRED_KEYS <= set(row)
     on_disk = json.loads((out / "result.json").read_text())
     assert on_disk == json.loads(json.dumps(row))
-    assert [f for f in os.listdir(out) if f != "result.json"] == []  # atomic write left no temp file
+    # atomic write left no temp file; the sample grid is the pool's last 32 images, 8 per row
+    assert sorted(os.listdir(out)) == ["result.json", "samples.png"]
+    from PIL import Image
+    with Image.open(out / "samples.png") as im:
+        w, h = im.size
+    side = (w - 1) // 8 - 1  # make_grid: nrow * (W + pad) + pad, pad 1
+    assert w == 8 * (side + 1) + 1 and h == 4 * (side + 1) + 1 and side > 0
     assert row["run_id"] == row["config_hash"] == config_hash(row["config"])
     assert row["config"] == resolve_config(tiny(val_size=32))
     assert row["n_val"] == 32 and row["n_train"] == 256 - 32 and row["n_test"] == 64
@@ -291,3 +297,24 @@ def test_provenance_helpers(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             pick_device("cuda")
+
+
+def test_save_samples_uses_no_random_numbers_and_sorts_by_class(tmp_path):
+    """The sample grid must not change a run's numbers: it draws nothing from torch's RNG."""
+    from PIL import Image
+
+    from baselines.pool import ImagePool
+    from benchmarks.job import save_samples
+
+    class _Synth:
+        pool = ImagePool()
+
+    x = (torch.arange(5.0) * 50 / 255).reshape(5, 1, 1, 1).expand(5, 1, 4, 4).contiguous()  # pixels 0..200
+    _Synth.pool.add(x, torch.tensor([3, 1, 4, 0, 2]))
+    state = torch.get_rng_state()
+    path = save_samples(_Synth, str(tmp_path / "s.png"), n=5, nrow=5)
+    assert torch.equal(state, torch.get_rng_state())
+    with Image.open(path) as im:
+        px = [im.convert("L").getpixel((1 + k * 5, 1)) for k in range(5)]
+    assert px == [150, 50, 200, 0, 100]  # class order 0, 1, 2, 3, 4 -> images 3, 1, 4, 0, 2 (x50)
+    assert save_samples(type("Empty", (), {"pool": ImagePool()}), str(tmp_path / "e.png")) is None

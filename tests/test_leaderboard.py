@@ -197,3 +197,18 @@ def test_dfkd_report_rebuilds_from_rows_alone(tmp_path, capsys):
     assert "leaderboard.md" in capsys.readouterr().out
     assert cmd_report.main([str(tmp_path / "empty")]) == 2
     assert "no rows" in capsys.readouterr().err
+
+
+def test_cost_table_gives_shares_of_the_timed_synthesis_seconds():
+    timing = {"teacher_forward": 1.0, "student_forward": 2.0, "backward": 5.0, "regularizers": 0.0, "other": 2.0}
+    rows = [row("deepinversion", [], s, 50.0, synth_timing=timing, device="cpu") for s in range(2)]
+    rows.append(row("deepinversion", ["stars"], 0, 50.0, device="cpu",
+                    synth_timing=dict(timing, regularizers=10.0)))
+    rows.append(row("noise", [], 0, 10.0, synth_timing=timing))  # references are not synthesis
+    df = lb.frame(rows)
+    t = lb.cost_table(df, "fashion-mnist").set_index("regularizers")
+    assert list(t.index) == ["none", "stars"]
+    assert t.loc["none", "teacher forward"] == "10%" and t.loc["none", "backward"] == "50%"
+    assert t.loc["stars", "regularizer terms"] == "50%" and t.loc["stars", "device"] == "cpu"
+    assert t.loc["none", "synth s/image"] == "0.400"
+    assert "synthesis cost" in lb.leaderboard_markdown(df)

@@ -1,0 +1,38 @@
+"""benchmarks.compare: cells matched across two output directories, paired by seed."""
+import json
+import math
+
+import pytest
+
+from benchmarks import compare
+
+
+def _write(out, synth, regs, accs, status="ok"):
+    (out / "rows").mkdir(parents=True, exist_ok=True)
+    for seed, acc in enumerate(accs):
+        row = {"dataset": "toy", "teacher": "t", "student": "s", "synthesizer": synth,
+               "regularizers": regs, "seed": seed, "status": status, "student_acc": acc}
+        (out / "rows" / f"{synth}-{'+'.join(regs) or 'none'}-{seed}.json").write_text(json.dumps(row))
+
+
+def test_paired_difference_matches_hand_computation(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _write(a, "cmi", ["stars"], [10.0, 20.0, 30.0])
+    _write(b, "cmi", ["stars"], [12.0, 23.0, 31.0])  # d = 2, 3, 1
+    _write(b, "fast", ["stars"], [50.0, 50.0, 50.0])  # no counterpart in a: left out
+    table = compare.compare(compare.ok_frame(a), compare.ok_frame(b), "A", "B")
+    assert list(table["synthesizer"]) == ["cmi"]
+    half = 4.302653 * 1.0 / math.sqrt(3)  # t_{0.975, 2} * sd(d) / sqrt(n)
+    cell = table["B - A (95% CI)"].iloc[0]
+    assert cell == f"+2.00 [{2 - half:+.2f}, {2 + half:+.2f}] (paired, n=3)"
+    assert compare.main([str(a), str(b)]) == 0
+    assert "paired, n=3" in capsys.readouterr().out
+
+
+def test_failed_rows_are_left_out_and_empty_dirs_are_an_error(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _write(a, "cmi", [], [10.0, 20.0])
+    _write(b, "cmi", [], [11.0, 21.0], status="failed")
+    assert compare.main([str(a), str(b)]) == 1  # nothing ok in b: no common cell
+    assert compare.main([str(a), str(tmp_path / "missing")]) == 2
+    assert "holds no rows" in capsys.readouterr().out
