@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # What one lent GPU session ran (README "Results", GPU rows). Needs, in the repository root:
-#   .whl/   wheels the GPU image lacks (spikingjelly 2.0, optuna and its deps; see README)
+#   .whl/   wheels the GPU image lacks, for its Python 3.12: spikingjelly==2.0.0 loguru
+#           SciencePlots optuna alembic colorlog Mako SQLAlchemy greenlet, e.g.
+#           pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#             --platform manylinux_2_28_x86_64 --platform any -d .whl NAME ...
 #   .gpu/data/     the four Fashion-MNIST IDX .gz files
 #   .gpu/cache/    optional teacher cache (DFKD_CACHE layout) so the CPU teacher is reused
 # Everything runs in parallel streams under one deadline (BUDGET seconds); each stream's
@@ -12,7 +15,7 @@ BUDGET=${BUDGET:-480}
 OUT=${OUT:-/tmp/gpu-out}
 W=${WORK:-/tmp/gpu-work}
 DEV=${DEV:-cuda}
-mkdir -p "$OUT" "$W"
+rm -rf "$W"; mkdir -p "$OUT" "$W"
 export PYTHONUNBUFFERED=1 DFKD_DATA_ROOT="$PWD/.gpu/data" DFKD_CACHE="$PWD/.gpu/cache"
 PY=${PY:-python3}
 left() { echo $(( T0 + BUDGET - $(date +%s) )); }
@@ -32,10 +35,10 @@ log "setup done"
 
 # 1. STARS synthesis-step overhead, alone on the GPU: ResNet-34 -> spiking ResNet-18, batch 256
 #    (CIFAR-shaped 3x32x32 inputs), then the small pair at batch 64.
-timeout 90 $PY -m benchmarks.speed --device "$DEV" --teacher resnet34 --student spiking_resnet18 \
+[ "${SKIP_SPEED:-0}" != 1 ] && timeout 90 $PY -m benchmarks.speed --device "$DEV" --teacher resnet34 --student spiking_resnet18 \
   --channels 3 --batch-size "${SPEED_BATCH:-256}" --steps 3 --repeats 3 --json "$W/speed_r34_sr18.json" \
   > "$W/speed_r34_sr18.txt" 2>&1
-timeout 40 $PY -m benchmarks.speed --device "$DEV" --steps 3 --repeats 3 --json "$W/speed_small.json" \
+[ "${SKIP_SPEED:-0}" != 1 ] && timeout 40 $PY -m benchmarks.speed --device "$DEV" --steps 3 --repeats 3 --json "$W/speed_small.json" \
   > "$W/speed_small.txt" 2>&1
 log "speed done"; cat "$W"/speed_*.txt
 
@@ -47,7 +50,7 @@ log "speed done"; cat "$W"/speed_*.txt
   log "stream A done" ) &
 # 2b. Tuning of STARS on CMI (ablation budgets), then the 3-seed re-run with the best params
 ( timeout $(cap 150) $DFKD tune --preset ablation --synthesizer cmi --trials "${TRIALS:-16}" \
-    --workers 4 --timeout $(cap 260) --out "$W/tune" --set run.device="$DEV" distill.eval_every=1 > "$W/tune.log" 2>&1
+    --workers 4 --timeout $(cap 200) --out "$W/tune" --set run.device="$DEV" distill.eval_every=1 > "$W/tune.log" 2>&1
   timeout $(cap 0) $DFKD bench --preset ablation --only '*/cmi/seed*' --only '*/cmi+stars/seed*' \
     --stars-params "$W/tune/best_params.toml" --set run.device="$DEV" --workers 6 \
     --out "$W/tuning-best" > "$W/bench_tuning.log" 2>&1
