@@ -15,7 +15,7 @@ import importlib
 import sys
 
 #: Command modules, in the order ``dfkd --help`` lists them.
-COMMAND_MODULES = ("cmd_list", "cmd_train_teacher", "cmd_distill", "cmd_bench", "cmd_report", "cmd_tune")
+COMMAND_MODULES = ("cmd_list", "cmd_train_teacher", "cmd_distill", "cmd_bench", "cmd_report", "cmd_compare", "cmd_tune")
 
 EXIT_USER_ERROR = 2
 

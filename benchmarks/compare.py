@@ -6,12 +6,11 @@ up, else Welch). Typical uses: the seed's literal TAR against the aligned one (t
 the same preset with ``--set stars.tar_variant=seed``), tuned STARS parameters against the
 defaults (``--stars-params``).
 
-    python -m benchmarks.compare A_DIR B_DIR [--label-a default --label-b tuned]
-        [--regularizers stars] [--out FILE.md]
+    dfkd compare A_DIR B_DIR [--label-a default --label-b tuned] [--regularizers stars]
+        [--out FILE.md]          (also: python -m benchmarks.compare ...)
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
@@ -52,30 +51,26 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, label_a: str = "A", label_b: str =
     return pd.DataFrame(recs)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("a", help="baseline output directory (dfkd bench --out)")
-    ap.add_argument("b", help="variant output directory")
-    ap.add_argument("--label-a", default="A")
-    ap.add_argument("--label-b", default="B")
-    ap.add_argument("--regularizers", help="only this regularizer set, e.g. stars or none")
-    ap.add_argument("--out", help="also write the table to this markdown file")
-    args = ap.parse_args(argv)
-    try:
-        table = compare(ok_frame(args.a), ok_frame(args.b), args.label_a, args.label_b,
-                        args.regularizers)
-    except DFKDError as e:
-        print(f"error: {e}")
-        return 2
+def compare_dirs(a_dir: str, b_dir: str, label_a: str = "A", label_b: str = "B",
+                 regularizers: str | None = None, out: str | None = None) -> int:
+    """Print (and optionally write) the comparison table; 0 if any cell matched, else 1.
+    A directory without rows is a DFKDError (exit 2 through the CLI)."""
+    table = compare(ok_frame(a_dir), ok_frame(b_dir), label_a, label_b, regularizers)
     if table.empty:
-        print(f"no cell (dataset, pair, synthesizer, regularizers) is in both {args.a} and {args.b}")
+        print(f"no cell (dataset, pair, synthesizer, regularizers) has ok rows in both {a_dir} and {b_dir}")
         return 1
-    text = (f"{args.label_b} ({args.b}) against {args.label_a} ({args.a}); student accuracy (%), "
+    text = (f"{label_b} ({b_dir}) against {label_a} ({a_dir}); student accuracy (%), "
             f"mean ± std over seeds, difference paired by seed.\n\n" + md_table(table) + "\n")
     print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    if out:
+        Path(out).write_text(text)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .cmd_compare import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ def test_paired_difference_matches_hand_computation(tmp_path, capsys):
     half = 4.302653 * 1.0 / math.sqrt(3)  # t_{0.975, 2} * sd(d) / sqrt(n)
     cell = table["B - A (95% CI)"].iloc[0]
     assert cell == f"+2.00 [{2 - half:+.2f}, {2 + half:+.2f}] (paired, n=3)"
-    assert compare.main([str(a), str(b)]) == 0
-    assert "paired, n=3" in capsys.readouterr().out
+    from benchmarks.cli import main as dfkd
+    assert dfkd(["compare", str(a), str(b), "--out", str(tmp_path / "t.md")]) == 0
+    assert "paired, n=3" in capsys.readouterr().out and "paired, n=3" in (tmp_path / "t.md").read_text()
 
 
 def test_failed_rows_are_left_out_and_empty_dirs_are_an_error(tmp_path, capsys):
@@ -35,4 +36,5 @@ def test_failed_rows_are_left_out_and_empty_dirs_are_an_error(tmp_path, capsys):
     _write(b, "cmi", [], [11.0, 21.0], status="failed")
     assert compare.main([str(a), str(b)]) == 1  # nothing ok in b: no common cell
     assert compare.main([str(a), str(tmp_path / "missing")]) == 2
-    assert "holds no rows" in capsys.readouterr().out
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "holds no rows" in err
