@@ -16,6 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-a", default="A", help="column name of A (default A)")
     p.add_argument("--label-b", default="B", help="column name of B (default B)")
     p.add_argument("--regularizers", help="only this regularizer set, e.g. stars or none")
+    p.add_argument("--across-regularizers", action="store_true",
+                   help="match cells on dataset, pair and synthesizer only (e.g. a stars run "
+                        "against a run without regularizer)")
     p.add_argument("--out", help="also write the table to this markdown file")
     p.set_defaults(func=run)
 
@@ -23,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from .compare import compare_dirs
 
-    return compare_dirs(args.a, args.b, args.label_a, args.label_b, args.regularizers, args.out)
+    return compare_dirs(args.a, args.b, args.label_a, args.label_b, args.regularizers, args.out,
+                        args.across_regularizers)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,18 +32,31 @@ def ok_frame(out: str | Path) -> pd.DataFrame:
 
 
 def compare(a: pd.DataFrame, b: pd.DataFrame, label_a: str = "A", label_b: str = "B",
-            regularizers: str | None = None) -> pd.DataFrame:
-    """One record per cell present in both frames: mean +- std of each, B - A with CI."""
+            regularizers: str | None = None, across_regularizers: bool = False) -> pd.DataFrame:
+    """One record per cell present in both frames: mean +- std of each, B - A with CI.
+
+    ``across_regularizers``: match on (dataset, pair, synthesizer) only, so that e.g. a
+    directory of `stars` rows compares with one of rows without a regularizer (each side
+    must then hold one regularizer set per cell)."""
+    keys = KEYS[:3] if across_regularizers else KEYS
     recs = []
-    for key, gb in b.groupby(KEYS, sort=True):
-        if regularizers is not None and key[3] != regularizers:
+    for key, gb in b.groupby(keys, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        if regularizers is not None and not across_regularizers and key[3] != regularizers:
             continue
-        ga = a[(a[KEYS] == pd.Series(key, index=KEYS)).all(axis=1)]
+        ga = a[(a[keys] == pd.Series(key, index=keys)).all(axis=1)]
         if ga.empty:
             continue
+        for side, g in (("A", ga), ("B", gb)):
+            if g["regularizers"].nunique() > 1:
+                raise DFKDError(f"{side} holds several regularizer sets for {'/'.join(map(str, key))} "
+                                f"({', '.join(sorted(g['regularizers'].unique()))}); without "
+                                "--across-regularizers each set is compared with its own.")
         by_a = dict(zip(ga["seed"], ga["student_acc"]))
         by_b = dict(zip(gb["seed"], gb["student_acc"]))
-        rec = dict(zip(KEYS, key))
+        rec = dict(zip(keys, key))
+        if across_regularizers:
+            rec["regularizers"] = f"{ga['regularizers'].iloc[0]} -> {gb['regularizers'].iloc[0]}"
         rec[label_a] = fmt_ms(*mean_std(by_a.values()))
         rec[label_b] = fmt_ms(*mean_std(by_b.values()))
         rec[f"{label_b} - {label_a} (95% CI)"] = fmt_diff(diff_ci(by_b, by_a))
@@ -52,10 +65,12 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, label_a: str = "A", label_b: str =
 
 
 def compare_dirs(a_dir: str, b_dir: str, label_a: str = "A", label_b: str = "B",
-                 regularizers: str | None = None, out: str | None = None) -> int:
+                 regularizers: str | None = None, out: str | None = None,
+                 across_regularizers: bool = False) -> int:
     """Print (and optionally write) the comparison table; 0 if any cell matched, else 1.
     A directory without rows is a DFKDError (exit 2 through the CLI)."""
-    table = compare(ok_frame(a_dir), ok_frame(b_dir), label_a, label_b, regularizers)
+    table = compare(ok_frame(a_dir), ok_frame(b_dir), label_a, label_b, regularizers,
+                    across_regularizers)
     if table.empty:
         print(f"no cell (dataset, pair, synthesizer, regularizers) has ok rows in both {a_dir} and {b_dir}")
         return 1

@@ -38,3 +38,16 @@ def test_failed_rows_are_left_out_and_empty_dirs_are_an_error(tmp_path, capsys):
     assert compare.main([str(a), str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "holds no rows" in err
+
+
+def test_across_regularizers_pairs_a_stars_run_with_a_plain_one(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _write(a, "cmi", [], [10.0, 20.0])
+    _write(b, "cmi", ["stars"], [13.0, 21.0])
+    assert compare.compare(compare.ok_frame(a), compare.ok_frame(b)).empty  # different cells
+    t = compare.compare(compare.ok_frame(a), compare.ok_frame(b), across_regularizers=True)
+    assert t["regularizers"].iloc[0] == "none -> stars"
+    assert t["B - A (95% CI)"].iloc[0].startswith("+2.00 [")
+    _write(b, "cmi", [], [0.0, 0.0])  # two sets on one side: ambiguous
+    with pytest.raises(compare.DFKDError, match="several regularizer sets"):
+        compare.compare(compare.ok_frame(a), compare.ok_frame(b), across_regularizers=True)
