@@ -60,16 +60,10 @@ class SpikingLayerState:
         the layer has no more than ``positions`` sites (or ``positions <= 0``) this is
         ``v_pre`` itself, laid out as [T, N * H * W, C].
         """
-        if positions > 0 and self._v_pre is None and self._compute_at is not None:
-            idx = sample_sites(self.spikes, positions)
-            if idx is not None:
-                return self._compute_at(idx)
-        v = self.v_pre
-        if positions > 0:
-            idx = sample_sites(v, positions)
-            if idx is not None:
-                return gather_sites(v, idx)
-        return gather_sites(v, None)
+        idx = sample_sites(self.spikes, positions) if positions > 0 else None
+        if idx is not None and self._v_pre is None and self._compute_at is not None:
+            return self._compute_at(idx)
+        return gather_sites(self.v_pre, idx)
 
     @property
     def computed(self) -> bool:

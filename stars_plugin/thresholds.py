@@ -47,6 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from baselines import ConfigError, UnknownNameError
+from baselines.models import gather_sites, sample_sites
 
 STRATEGIES = ("bn", "percentile", "distribution")
 NORMALIZERS = ("standardize", "percentile")
@@ -74,17 +75,13 @@ def sample_per_channel(x: Tensor, lead: int, m: int) -> Tensor:
 
     ``x`` is [*lead dims, C, *spatial] (lead = 1 for [N, C, H, W], 2 for [T, N, C, H, W]).
     The same positions are used for every channel; all positions if there are <= m.
-    Sampling is with replacement (indices from the global RNG on x's device).
+    Positions (lead index, pixel) are drawn with replacement by the sampler the student's
+    membrane estimate uses (:func:`baselines.models.sample_sites`).
     """
     x = x.detach()
     c = x.shape[lead]
-    x3 = x.reshape(-1, c, max(1, x[(0,) * (lead + 1)].numel()))  # [P, C, S]
-    p, s = x3.shape[0], x3.shape[2]
-    if p * s <= m:
-        return x3.transpose(0, 1).reshape(c, -1)
-    ip = torch.randint(0, p, (m,), device=x.device)
-    is_ = torch.randint(0, s, (m,), device=x.device)
-    return x3[ip, :, is_].t().contiguous()  # [C, m]
+    x4 = x.reshape(1, -1, c, max(1, x[(0,) * (lead + 1)].numel()))  # [1, P, C, S]
+    return gather_sites(x4, sample_sites(x4, m))[0].t()  # [C, m']
 
 
 def sample_flat(x: Tensor, m: int) -> Tensor:
@@ -169,6 +166,7 @@ class TeacherThresholds:
         self.normalizer, self.norm_percentile = normalizer, float(norm_percentile)
         self.mask_nonpositive = mask_nonpositive
         self.fixed: dict[int, tuple[Tensor, Tensor]] = {}  # bn: stage -> (tau, scale)
+        self._bn_thr: dict[int, Threshold] = {}  # bn: stage -> its Threshold, built once per device
         self.running: dict[int, dict[str, Tensor]] = {}  # percentile/distribution
 
     # -- setup -----------------------------------------------------------------------
@@ -184,6 +182,7 @@ class TeacherThresholds:
                     f"found none; set strategy = \"percentile\" or \"distribution\"."
                 )
             self.fixed[k] = bn_thresholds(bn, self.q, self.per_channel)
+        self._bn_thr.clear()
 
     @property
     def ready(self) -> bool:
@@ -216,6 +215,15 @@ class TeacherThresholds:
     def _shape(self, t: Tensor) -> Tensor:
         return t if self.per_channel else t.reshape(())
 
+    def _bn_threshold(self, stage: int, device: torch.device, target: float) -> Threshold:
+        if stage not in self.fixed:
+            raise ConfigError(f"no BN thresholds for teacher stage {stage}; call setup() first")
+        tau, scale = (t.to(device) for t in self.fixed[stage])
+        self.fixed[stage] = (tau, scale)
+        kappa = self.kappa * scale if self.relative else torch.full_like(tau, self.kappa)
+        valid = tau > 0 if self.mask_nonpositive else torch.ones_like(tau, dtype=torch.bool)
+        return Threshold(tau, kappa.clamp_min(_EPS), target, valid)
+
     def for_teacher(self, stage: int, a: Tensor, update: bool = True) -> Threshold:
         """Threshold for teacher stage ``stage`` with activations ``a`` [N, C, ...].
 
@@ -223,15 +231,10 @@ class TeacherThresholds:
         """
         target = 1.0 - self.q
         if self.strategy == "bn":
-            if stage not in self.fixed:
-                raise ConfigError(f"no BN thresholds for teacher stage {stage}; call setup() first")
-            tau, scale = self.fixed[stage]
-            if tau.device != a.device:  # move once, not every step
-                tau, scale = tau.to(a.device), scale.to(a.device)
-                self.fixed[stage] = (tau, scale)
-            kappa = self.kappa * scale if self.relative else torch.full_like(tau, self.kappa)
-            valid = tau > 0 if self.mask_nonpositive else torch.ones_like(tau, dtype=torch.bool)
-            return Threshold(tau, kappa.clamp_min(_EPS), target, valid)
+            thr = self._bn_thr.get(stage)
+            if thr is None or thr.tau.device != a.device:  # once per stage and device, not per step
+                thr = self._bn_thr[stage] = self._bn_threshold(stage, a.device, target)
+            return thr
         with torch.no_grad():
             s = self._sample(a, 1)
             if self.strategy == "percentile":
@@ -297,3 +300,4 @@ class TeacherThresholds:
         self.running = {int(k): dict(v) for k, v in state.get("running", {}).items()}
         if state.get("fixed"):
             self.fixed = {int(k): tuple(v) for k, v in state["fixed"].items()}
+            self._bn_thr.clear()
