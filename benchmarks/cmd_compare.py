@@ -31,13 +31,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="dfkd compare")
-    sub = p.add_subparsers(dest="cmd")
-    register(sub)
-    args = p.parse_args(["compare", *(argv if argv is not None else sys.argv[1:])])
-    from .cli import run_reporting_errors
+    """``python -m benchmarks.cmd_compare ...`` = ``dfkd compare ...``."""
+    from .cli import main as dfkd
 
-    return run_reporting_errors(run, args)
+    return dfkd(["compare", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":

@@ -26,14 +26,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.cmd_report ...`` = ``dfkd report ...``."""
+    from .cli import main as dfkd
 
-    p = argparse.ArgumentParser(prog="dfkd report")
-    sub = p.add_subparsers(dest="cmd")
-    register(sub)
-    args = p.parse_args(["report", *(argv if argv is not None else sys.argv[1:])])
-    from .cli import run_reporting_errors
-
-    return run_reporting_errors(run, args)
+    return dfkd(["report", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":

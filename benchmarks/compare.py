@@ -17,7 +17,7 @@ import pandas as pd
 
 from baselines.errors import DFKDError
 
-from .leaderboard import diff_ci, fmt_diff, fmt_ms, frame, load_rows, md_table, mean_std
+from .leaderboard import _by_seed, diff_ci, fmt_diff, fmt_ms, frame, load_rows, md_table, mean_std
 
 KEYS = ["dataset", "pair", "synthesizer", "regularizers"]
 
@@ -52,8 +52,7 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, label_a: str = "A", label_b: str =
                 raise DFKDError(f"{side} holds several regularizer sets for {'/'.join(map(str, key))} "
                                 f"({', '.join(sorted(g['regularizers'].unique()))}); without "
                                 "--across-regularizers each set is compared with its own.")
-        by_a = dict(zip(ga["seed"], ga["student_acc"]))
-        by_b = dict(zip(gb["seed"], gb["student_acc"]))
+        by_a, by_b = _by_seed(ga), _by_seed(gb)
         rec = dict(zip(keys, key))
         if across_regularizers:
             rec["regularizers"] = f"{ga['regularizers'].iloc[0]} -> {gb['regularizers'].iloc[0]}"

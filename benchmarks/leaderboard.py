@@ -68,18 +68,18 @@ PUBLISHED: tuple[tuple[str, str, str, str, str, float], ...] = (
     ("cifar100", "wrn40_2", "wrn16_1", "Fast-10", "fast", 54.02),
 )
 
+#: parts of a synthesize() call timed by the synthesizers (row["synth_timing"], seconds)
+TIMING_PARTS = ("teacher_forward", "student_forward", "backward", "regularizers", "other")
+TIMING_COLUMNS = tuple(f"t_{p}" for p in TIMING_PARTS)
 NUMERIC = ("T", "seed", "teacher_acc", "student_acc", "student_acc_best", "val_acc", "agreement",
            "firing_rate", "sops_per_image", "images_synthesized", "synthesis_seconds", "distill_seconds",
            "synth_s_per_image", "peak_rss_mb", "job_seconds", "epochs", "kd_steps", "synth_batches",
-           "batch_size", "train_subset", "test_subset") + tuple(f"t_{k}" for k in ("teacher_forward", "student_forward", "backward", "regularizers", "other"))
-#: parts of a synthesize() call timed by the synthesizers (row["synth_timing"], seconds)
-TIMING_PARTS = ("teacher_forward", "student_forward", "backward", "regularizers", "other")
+           "batch_size", "train_subset", "test_subset") + TIMING_COLUMNS
 COLUMNS = ("job_id", "label", "dataset", "teacher", "student", "pair", "T", "synthesizer", "regularizers",
            "seed", "status", "error", "teacher_acc", "student_acc", "student_acc_best", "val_acc", "agreement",
            "firing_rate", "sops_per_image", "images_synthesized", "synthesis_seconds", "distill_seconds",
            "synth_s_per_image", "peak_rss_mb", "job_seconds", "device", "epochs", "kd_steps", "synth_batches",
-           "batch_size", "train_subset", "test_subset", "git_commit", "config_hash",
-           "t_teacher_forward", "t_student_forward", "t_backward", "t_regularizers", "t_other")
+           "batch_size", "train_subset", "test_subset", "git_commit", "config_hash") + TIMING_COLUMNS
 
 
 # --------------------------------------------------------------------------- statistics
@@ -381,7 +381,7 @@ def cost_table(ok: pd.DataFrame, dataset: str) -> pd.DataFrame:
     d = ok[(ok["dataset"] == dataset) & ~ok["synthesizer"].isin(REFERENCE_SYNTHS)]
     recs = []
     for (pair, synth, regs), g in d.groupby(["pair", "synthesizer", "regularizers"], sort=True):
-        parts = {p: float(pd.to_numeric(g[f"t_{p}"], errors="coerce").fillna(0).sum()) for p in TIMING_PARTS}
+        parts = {p: float(g[f"t_{p}"].sum()) for p in TIMING_PARTS}  # frame() made them float
         total = sum(parts.values())
         rec = {"pair": pair, "synthesizer": synth, "regularizers": regs,
                "device": ", ".join(sorted({str(x) for x in g["device"] if pd.notna(x)})) or "-",

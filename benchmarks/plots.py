@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-REFERENCE_SYNTHS = ("real", "noise", "scratch")
+from .leaderboard import NONE, REFERENCE_SYNTHS, STARS
 REF_STYLE = {"teacher": ("black", "--"), "real": ("tab:green", ":"), "noise": ("tab:gray", "-."),
              "scratch": ("tab:purple", (0, (5, 2, 1, 2)))}
 REG_MARKERS = ("o", "^", "s", "D", "v", "P", "X")
@@ -38,7 +38,7 @@ def _plt():
 
 def _regsets(df: pd.DataFrame) -> list[str]:
     present = list(dict.fromkeys(df["regularizers"]))
-    order = [r for r in ("none", "stars") if r in present]
+    order = [r for r in (NONE, STARS) if r in present]
     return order + sorted(r for r in present if r not in order)
 
 
@@ -61,8 +61,8 @@ def plot_accuracy(df: pd.DataFrame, path: Path) -> Path | None:
             xs = [k + (i - (len(regsets) - 1) / 2) * width for k in range(len(methods))]
             ax.bar(xs, means, width, yerr=stds, capsize=3, label=f"{rs}")
         refs = {"teacher": g.drop_duplicates("job_id")["teacher_acc"].mean()}
-        for r in ("real", "noise", "scratch"):
-            sel = g[(g["synthesizer"] == r) & (g["regularizers"] == "none")]["student_acc"]
+        for r in REFERENCE_SYNTHS:
+            sel = g[(g["synthesizer"] == r) & (g["regularizers"] == NONE)]["student_acc"]
             if len(sel):
                 refs[r] = sel.mean()
         for r, v in refs.items():

@@ -735,15 +735,12 @@ def run_scratch(cfg: dict[str, Any], out_dir: str | None = None, on_eval=None) -
 
 
 def _run_scratch(cfg: dict[str, Any], out_dir: str | None, on_eval, t_start: float) -> dict[str, Any]:
-    import platform
-    import resource
-
     import torch
     import torch.nn.functional as F
 
     from baselines.distill import evaluate
     from baselines.errors import NonFiniteLossError
-    from baselines.provenance import pick_device, set_seed
+    from baselines.provenance import package_versions, peak_rss_mb, pick_device, set_seed
     from baselines.spec import random_crop_flip
     from benchmarks.job import DATA_SEED
 
@@ -801,7 +798,6 @@ def _run_scratch(cfg: dict[str, Any], out_dir: str | None, on_eval, t_start: flo
         x = spec.normalize(bundle.test_x[:n].float().div(255).to(device))
         spiking = measure_spiking(student, x, batch_size=int(d.get("eval_batch_size", 500)))
         firing_rate, sops = spiking.get("mean_firing_rate"), spiking.get("sops_per_image")
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
     ver = code_version()
     row = {"run_id": f"scratch-{job_id_of(cfg)}", "dataset": run["dataset"], "teacher": run.get("teacher"),
            "student": run["student"], "T": run.get("T"), "synthesizer": "scratch", "regularizers": [],
@@ -811,10 +807,10 @@ def _run_scratch(cfg: dict[str, Any], out_dir: str | None, on_eval, t_start: flo
            "images_synthesized": 0,
            "synthesis_seconds": 0.0, "distill_seconds": train_s, "synth_timing": {}, "synth_losses": {},
            "diagnostics": {}, "history": history,
-           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+           "peak_rss_mb": peak_rss_mb(),
            "device": str(device), "status": "ok", "error": None, "config": cfg,
            "config_hash": config_hash(cfg), "git_commit": ver["git_commit"],
-           "versions": {**versions, "stars-dfkd": ver["version"]},
+           "versions": package_versions(),
            "wall_seconds": time.perf_counter() - t_start}
     if out_dir:
         atomic_write_json(Path(out_dir) / "result.json", row)

@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from baselines.config import parse_value
 from baselines.hooks import RegularizerSet
 from baselines.registry import REGULARIZERS, STUDENTS, SYNTHESIZERS, TEACHERS
 from baselines.spec import DataSpec
@@ -68,15 +69,6 @@ def measure(synth_name: str, teacher, student, spec: DataSpec, reg_name: str, ba
             "batch_size": batch_size, "regularizer_config": dict(reg_cfg or {})}
 
 
-def _parse_value(text: str):
-    """A TOML scalar (number, bool, quoted string), else the bare string."""
-    import tomllib
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--synthesizers", nargs="+", default=["deepinversion", "cmi", "fast"])
@@ -101,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         key, sep, value = item.partition("=")
         if not sep:
             ap.error(f"--reg-set {item!r}: expected KEY=VALUE, e.g. tar_positions=0")
-        reg_cfg[key.strip()] = _parse_value(value.strip())
+        reg_cfg[key.strip()] = parse_value(value.strip())
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

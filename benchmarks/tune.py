@@ -45,7 +45,6 @@ Tests replace the compute through the module-level :func:`run_trial` / :func:`re
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import importlib
 import json
 import math
@@ -65,6 +64,11 @@ from optuna.trial import TrialState
 
 from baselines.config import apply_sets, config_hash, deep_merge, load_toml
 from baselines.errors import ConfigError, DFKDError, UnknownNameError
+from baselines.provenance import now_iso
+
+from .executors import cpu_count, threads_per_worker
+from .executors import pin_threads as _pin_threads
+from .runner import atomic_write_json
 
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -777,13 +781,6 @@ def _strip_test(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in TEST_KEYS}
 
 
-def _save_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def run_one(plan: TunePlan, study: optuna.Study, trial: optuna.Trial) -> TrialState:
     """Suggest, run the job with pruning on the objective, tell the result."""
     metric, t0 = plan.metric, time.time()
@@ -832,7 +829,7 @@ def run_one(plan: TunePlan, study: optuna.Study, trial: optuna.Trial) -> TrialSt
         study.tell(trial, float(value))
     else:
         study.tell(trial, state=state)
-    _save_json(plan.out / "trials" / f"trial_{trial.number:04d}.json", {
+    atomic_write_json(plan.out / "trials" / f"trial_{trial.number:04d}.json", {
         "number": trial.number, "state": state.name, "value": value,
         "params": plan.space.decode(params),
         "intermediate": evals, "error": error, "seconds": round(time.time() - t0, 3),
@@ -891,25 +888,18 @@ def _worker_index(spec: TuneSpec) -> int:
     return os.getpid() if spec.worker_only else 0
 
 
-def cpu_count() -> int:
-    """CPUs this process may use (the affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def pin_threads(n: int) -> None:
-    """Limit intra-op threads so that N workers do not oversubscribe the cores."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(n)
+    """:func:`benchmarks.executors.pin_threads`, except that a fake-job test worker that has
+    not imported torch only sets the thread environment variables."""
     if "torch" in sys.modules or not os.environ.get("DFKD_TUNE_FAKE_JOB"):
-        import torch
-        torch.set_num_threads(n)
+        _pin_threads(n)
+        return
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(max(1, int(n)))
 
 
 def _launch_workers(plan: TunePlan, n_workers: int) -> list[int]:
-    threads = max(1, cpu_count() // n_workers)
+    threads = threads_per_worker(n_workers)
     procs = []
     for i in range(n_workers):
         argv = [sys.executable, "-m", "benchmarks.cmd_tune",
@@ -967,7 +957,7 @@ def measure_test_of_best(plan: TunePlan, study: optuna.Study,
     cfg = resolve_config(apply_params(plan.base, plan.space.decode(best.params)))
     row = run_trial(cfg, None) or {}
     value = row.get("student_acc", row.get("test_acc"))
-    _save_json(plan.out / "best_test_row.json", row)
+    atomic_write_json(plan.out / "best_test_row.json", row)
     if row.get("status", "ok") != "ok":
         _log(f"the test re-run of trial {best.number} failed: {row.get('error')}")
         value = None
@@ -1067,9 +1057,9 @@ def finalize(plan: TunePlan, study: optuna.Study, t_start: float,
         "trial_seconds_total": round(sum(float(t.user_attrs.get("dfkd_seconds", 0))
                                          for t in trials), 3),
         "workers": workers,
-        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "finished": now_iso(),
     }
-    _save_json(plan.out / "tune_summary.json", summary)
+    atomic_write_json(plan.out / "tune_summary.json", summary)
     return summary
 
 
