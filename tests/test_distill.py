@@ -140,7 +140,7 @@ def test_evaluate_is_accuracy_in_percent():
 
 def test_bad_distill_config_is_rejected():
     from baselines.config import build
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"distill\.lr = -0\.1"):
         build(DistillConfig, {"lr": -0.1}, "distill")
     with pytest.raises(ConfigError, match="kd_step"):
         build(DistillConfig, {"kd_step": 3}, "distill")

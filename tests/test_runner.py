@@ -599,11 +599,11 @@ def test_scratch_failure_is_a_failed_row():
 
 
 def test_a_preset_may_carry_a_tune_table_for_dfkd_tune(tmp_path):
-    from benchmarks.runner import load_preset
     p = tmp_path / "p.toml"
     p.write_text('[bench]\ndatasets = ["toy"]\npairs = ["smallcnn:spiking_smallcnn"]\n'
                  'synthesizers = ["noise"]\n[tune]\nalpha = [0.1, 0.9]\n')
-    load_preset(str(p))  # must not be rejected as an unknown top-level table
+    # not rejected as an unknown top-level table, and kept for dfkd tune
+    assert load_preset(str(p)).data["tune"] == {"alpha": [0.1, 0.9]}
 
 
 def test_teacher_seed_shares_one_teacher_across_seeds():
@@ -611,10 +611,16 @@ def test_teacher_seed_shares_one_teacher_across_seeds():
     from benchmarks.job import resolve_config, teacher_seed
     from benchmarks.runner import teacher_keys
 
-    base = load_preset("quick")
-    jobs = expand(base, sets=["run.teacher_seed=0"], resolve=resolve_config)
-    jobs_seeds = [j for j in expand(load_preset("quick"), resolve=resolve_config)]
+    def three_seeds():
+        p = load_preset("quick")
+        p.bench["seeds"] = [0, 1, 2]
+        return p
+
+    jobs = expand(three_seeds(), sets=["run.teacher_seed=0"], resolve=resolve_config)
+    jobs_seeds = expand(three_seeds(), resolve=resolve_config)
+    assert {j.run["seed"] for j in jobs} == {0, 1, 2}  # the check is not vacuous
     assert {teacher_seed(j.run) for j in jobs} == {0}
     assert len(teacher_keys(jobs)) == 1
     # without it, the teacher follows each job's seed
-    assert {teacher_seed(j.run) for j in jobs_seeds} == {j.run["seed"] for j in jobs_seeds}
+    assert all(teacher_seed(j.run) == j.run["seed"] for j in jobs_seeds)
+    assert len(teacher_keys(jobs_seeds)) == 3
