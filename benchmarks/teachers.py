@@ -438,19 +438,36 @@ def load_teacher_spec(spec: str, data_spec: DataSpec, device: str | torch.device
     name, path = check_teacher_spec(spec)
     if path is None:
         raise ConfigError(f"teacher {spec!r} names no checkpoint; use MODEL@CHECKPOINT")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (0 bytes); was the "
+                              "download or the torch.save() interrupted?")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
+        first = (str(exc).strip().splitlines() or ["(no message: truncated or not a torch.save() file?)"])[0]
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}. "
+            f"cannot read checkpoint {path}: {type(exc).__name__}: {first}. "
             "It must be a torch.save() file of a state_dict (tensors only; pickled objects "
             "such as argparse namespaces are refused for safety: re-save just the state_dict)."
         ) from exc
     state = extract_state_dict(obj, path)
+    from .zoo.import_ckpt import adapt_state_dict  # other code bases' layouts -> the zoo's
+
+    state, imported = adapt_state_dict(state, path)
     net = build_teacher(name, data_spec)
-    check_state_dict(net, state, name, data_spec, path)
+    try:
+        check_state_dict(net, state, name, data_spec, path)
+    except CheckpointError as exc:
+        if imported.layout in ("zoo", "unknown"):
+            raise
+        raise CheckpointError(f"{exc} (Its keys were read as follows: {imported.summary()}.)") from None
     net.load_state_dict(state, strict=False)  # only num_batches_tracked may be absent
-    info = {"model": name, "checkpoint": os.path.abspath(path), "cached": False, "user_checkpoint": True}
+    info = {"model": name, "checkpoint": os.path.abspath(path), "cached": False, "user_checkpoint": True,
+            "import": imported.to_dict()}
+    if imported.layout not in ("zoo", "unknown"):
+        import sys
+
+        print(f"teacher checkpoint {path}: {imported.summary()}", file=sys.stderr)
     return freeze(net.to(device if isinstance(device, torch.device) else pick_device(device))), info
 
 
