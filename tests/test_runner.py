@@ -56,7 +56,7 @@ def resolve_config(user: dict) -> dict:
         for key in user.get(sec, {}):
             if sec in ("run", "distill") and key not in FAKE_DEFAULTS[sec]:
                 raise UnknownNameError(f"key in [{sec}]", key, list(FAKE_DEFAULTS[sec]))
-        out[sec] = deep_merge(FAKE_DEFAULTS[sec], user.get(sec, {}))
+        out[sec] = deep_merge(FAKE_DEFAULTS.get(sec, {}), user.get(sec, {}))  # any registered synthesizer
     return out
 
 
