@@ -15,9 +15,29 @@ import importlib
 import sys
 
 #: Command modules, in the order ``dfkd --help`` lists them.
-COMMAND_MODULES = ("cmd_list", "cmd_train_teacher", "cmd_distill", "cmd_bench", "cmd_report", "cmd_compare", "cmd_tune")
+COMMAND_MODULES = ("cmd_list", "cmd_train_teacher", "cmd_distill", "cmd_bench", "cmd_report", "cmd_compare", "cmd_tune",
+                   "cmd_export")
 
 EXIT_USER_ERROR = 2
+
+
+def version() -> str:
+    """The installed stars-dfkd version (with the git commit when run from a checkout)."""
+    try:
+        from importlib.metadata import version as dist_version
+
+        v = dist_version("stars-dfkd")
+    except Exception:  # noqa: BLE001 - not installed: running from the source tree
+        v = "unknown (not installed)"
+    try:
+        from baselines.provenance import git_commit
+
+        commit = git_commit()
+    except Exception:  # noqa: BLE001
+        commit = None
+    if not commit:
+        return v
+    return f"{v} (git {commit.split('-')[0][:12]}{'-dirty' if commit.endswith('-dirty') else ''})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dfkd",
         description="Data-free knowledge distillation from ANN teachers into spiking students.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         modname = f"{__package__ or 'benchmarks'}.{name}"

@@ -12,9 +12,16 @@ import argparse
 import sys
 
 
+def shipped_presets() -> list[str]:
+    """Names of the presets in benchmarks/presets (read from the directory, so a new one is listed)."""
+    from pathlib import Path
+
+    return sorted(p.stem for p in (Path(__file__).resolve().parent / "presets").glob("*.toml"))
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", required=True, metavar="NAME|FILE",
-                   help="a shipped preset (quick, standard, paper) or a preset TOML file")
+                   help=f"a shipped preset ({', '.join(shipped_presets()) or 'none found'}) or a preset TOML file")
     p.add_argument("--out", metavar="DIR", help="output directory (default results/<preset name>)")
     p.add_argument("--executor", default="local", help="local (default) | submitit | ray")
     p.add_argument("--workers", type=int, default=None,

@@ -9,7 +9,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="compare two benchmark output directories cell by cell",
                        description="Match the ok rows of two `dfkd bench` output directories on "
                                    "(dataset, pair, synthesizer, regularizer set), pair them by seed and "
-                                   "print B - A with a 95%% t-interval (e.g. tuned STARS parameters against "
+                                   "print B - A with a 95% t-interval (e.g. tuned STARS parameters against "
                                    "the defaults, or a variant run with --set against its baseline).")
     p.add_argument("a", metavar="A_DIR", help="baseline output directory")
     p.add_argument("b", metavar="B_DIR", help="variant output directory")

@@ -9,6 +9,9 @@ inside the networks is max-pooling, so every conv/linear after the first layer s
 spikes (what the SOP count of :mod:`baselines.snn_metrics` assumes).
 
 - spiking_small_cnn: the spiking twin of ``ann.small_cnn`` (conv-BN-LIF, 3 stages).
+- spiking_small_cnn_avg: the same with 2x2 average pooling: every layer has a NIR node
+  (NIR has no max-pool), so ``dfkd export --format nir`` can write it. The convolutions
+  after a pool then see spike rates (multiples of 1/4), not binary spikes.
 - spiking_resnet18: CIFAR ResNet-18 with spiking basic blocks
   (conv-BN-LIF, conv-BN, + shortcut, LIF), as in Zheng et al., AAAI 2021 ("tdBN").
 - spiking_resnet19: the ResNet-19 of Zheng et al. (2021): 128-channel stem, stages of
@@ -93,6 +96,14 @@ def seq_maxpool() -> nn.Module:
     return layer.SeqToANNContainer(nn.MaxPool2d(2, ceil_mode=True))
 
 
+def seq_avgpool() -> nn.Module:
+    """2x2 average pool (stride 2, floor) over [T, N, C, H, W]: what NIR (``AvgPool2d``) and
+    neuromorphic back-ends express; its output is a spike *rate* in {0, 1/4, ..., 1}."""
+    from spikingjelly.activation_based import layer
+
+    return layer.SeqToANNContainer(nn.AvgPool2d(2))
+
+
 def seq_linear(d: int, k: int) -> nn.Module:
     """Linear classifier over [T, N, d]."""
     from spikingjelly.activation_based import layer
@@ -116,12 +127,13 @@ class SpikingSmallCNN(SpikingStagedModel):
     """stem conv-BN-SN (C->w) | conv-BN-SN-pool (w, 2w, 4w): the twin of ann.SmallCNN."""
 
     def __init__(self, in_channels: int, num_classes: int, T: int, spike: SpikeFn,
-                 width: int = 32) -> None:
+                 width: int = 32, pool: str = "max") -> None:
         super().__init__(T)
         w = width
+        make_pool = seq_avgpool if pool == "avg" else seq_maxpool
         self.stem = nn.Sequential(seq_conv_bn(in_channels, w), spike())
         self.stages = nn.ModuleList(
-            nn.Sequential(seq_conv_bn(cin, cout), spike(), seq_maxpool())
+            nn.Sequential(seq_conv_bn(cin, cout), spike(), make_pool())
             for cin, cout in ((w, w), (w, 2 * w), (2 * w, 4 * w))
         )
         self.fc = seq_linear(4 * w, num_classes)
@@ -229,6 +241,14 @@ def spiking_small_cnn(in_channels: int = 3, num_classes: int = 10, image_size: i
     spike, extra = _spike("spiking_small_cnn", in_channels, num_classes, image_size, T, neuron,
                           surrogate, kw, ("width",))
     return SpikingSmallCNN(in_channels, num_classes, T, spike, **extra)
+
+
+def spiking_small_cnn_avg(in_channels: int = 3, num_classes: int = 10, image_size: int = 32, T: int = 4,
+                          neuron: str = "lif", surrogate: str = "atan", **kw) -> SpikingStagedModel:
+    """Spiking small CNN with 2x2 average pooling instead of max-pooling (NIR-exportable)."""
+    spike, extra = _spike("spiking_small_cnn_avg", in_channels, num_classes, image_size, T, neuron,
+                          surrogate, kw, ("width",))
+    return SpikingSmallCNN(in_channels, num_classes, T, spike, pool="avg", **extra)
 
 
 def spiking_resnet18(in_channels: int = 3, num_classes: int = 10, image_size: int = 32, T: int = 4,
