@@ -7,7 +7,8 @@ Loaded through the ``stars_dfkd.regularizers`` entry points ``stars``, ``rca`` a
 """
 from .relations import RELATIONS, relation_loss, relation_matrix
 from .stars import RCAOnly, STARS, TAROnly
+from .taps import TeacherTaps, student_tap_layer
 from .thresholds import STRATEGIES, TeacherThresholds
 
 __all__ = ["STARS", "RCAOnly", "TAROnly", "relation_matrix", "relation_loss", "RELATIONS",
-           "TeacherThresholds", "STRATEGIES"]
+           "TeacherThresholds", "STRATEGIES", "TeacherTaps", "student_tap_layer"]

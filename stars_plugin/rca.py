@@ -1,7 +1,10 @@
 """Relational Consistency Alignment (RCA), STARS (arXiv 2605.27409).
 
 L_RCA = mean over the chosen feature sets of D(R(f_T), R(f_S)), with R and D from
-:mod:`stars_plugin.relations` (default: cosine relations, squared error). Feature sets:
+:mod:`stars_plugin.relations` (default: cosine relations, squared error), over the *live*
+samples of each set (non-zero features on both sides: a silent student sample has no
+relation to compare and gets no RCA gradient; :func:`live_fractions` reports the share).
+Feature sets:
 
 - ``pooled``: the classifier inputs f_T [B, d_T] and f_S [B, d_S] (SNN: time-averaged);
 - ``stages``: every matched stage pair (``match_stages`` on the two stage counts), each
@@ -22,7 +25,7 @@ from torch import Tensor
 
 from baselines.models import ModelOutput, match_stages
 
-from .relations import relation_loss
+from .relations import live_rows, relation_loss
 
 FEATURE_SETS = ("pooled", "stages", "pooled+stages")
 
@@ -60,4 +63,10 @@ def stage_discrepancies(teacher: ModelOutput, student: ModelOutput, *, relation:
                         temperature: float = 0.1) -> dict[str, float]:
     """Relational discrepancy per matched stage and on the pooled features (floats)."""
     return {label: float(relation_loss(f_t.detach(), f_s.detach(), relation, temperature))
+            for label, f_t, f_s in feature_pairs(teacher, student, "pooled+stages")}
+
+
+def live_fractions(teacher: ModelOutput, student: ModelOutput) -> dict[str, float]:
+    """Share of samples RCA compares (non-zero features on both sides), per feature pair."""
+    return {label: float((live_rows(f_t) & live_rows(f_s)).float().mean())
             for label, f_t, f_s in feature_pairs(teacher, student, "pooled+stages")}

@@ -2,21 +2,37 @@
 
 Registered (``stars_dfkd.regularizers``) as ``stars`` (:class:`STARS`, both terms),
 ``rca`` (:class:`RCAOnly`) and ``tar`` (:class:`TAROnly`); config sections of the same
-names. ``terms(ctx)`` returns ``{"rca": alpha * L_RCA, "tar": beta * L_TAR}`` (the enabled
-ones), so the step objective is ``baseline terms + alpha * L_RCA + beta * L_TAR``.
+names.
+
+Weighting (``weighting``):
+- ``"raw"`` (default for now): ``terms(ctx)`` returns ``{"rca": alpha * L_RCA,
+  "tar": beta * L_TAR}`` (the enabled ones), so the step objective is
+  ``baseline terms + alpha * L_RCA + beta * L_TAR``; ``grad_shares(phase)`` is empty.
+- ``"grad-share"``: alpha and beta are *gradient shares*. ``grad_shares(phase)`` returns
+  ``{"rca": alpha, "tar": beta}`` for the enabled terms that act in ``phase``, and
+  ``terms(ctx)`` returns those terms unweighted (raw L_RCA, with its sign, and L_TAR);
+  the harness (``baselines.hooks.Regularizer.grad_shares``) rescales each at every step by
+  a detached factor so that the norm of its gradient w.r.t. what the phase optimizes
+  (pixels or generator/latent in synthesis, student weights in distill) is share times
+  that of the reference term (BN statistics in synthesis, KD in distill). This removes the
+  dependence of alpha / beta on the raw scale of each loss (a squared error of ~5% tail
+  probabilities next to a BN loss of O(10)). Shares must be >= 0 (0 switches the term
+  off); the seed's recommended weight ranges do not apply to shares (no range warning).
 
 Defaults (provisional; the ablations in results/ decide them):
 - alpha = 0.5, beta = 0.3, q = 0.95 (the seed's values; recommended ranges [0.3, 0.7],
-  [0.2, 0.5], [0.90, 0.98] warn when left; negative weights, q outside (0, 1) or
-  kappa <= 0 are errors).
-- RCA: cosine relations on the pooled features, synthesis only, cooperative sign (the
-  seed's pseudo-code computes both terms inside the synthesis loop).
+  [0.2, 0.5], [0.90, 0.98] warn when left in ``raw`` weighting; negative weights or
+  shares, q outside (0, 1) or kappa <= 0 are errors).
+- RCA: cosine relations on the pooled features over the live samples (silent samples
+  have no relation and are left out, :mod:`stars_plugin.relations`), synthesis only,
+  cooperative sign (the seed's pseudo-code computes both terms inside the synthesis loop).
 - TAR: the ``aligned`` form with BN-derived per-channel thresholds (``bn``: data-free,
-  zero per-step cost), kappa = 0.1 relative to each layer's scale, both sides on,
-  synthesis only, the last neuron layer of each matched student stage, per-channel
-  student/teacher comparison where widths match, squared error (``tar_error``).
-  Note: squared errors of ~5% tail probabilities are small next to a BN loss of O(10);
-  ``tar_error = "chi2"`` rescales them by the Bernoulli variance.
+  zero per-step cost), measured where they apply: the teacher's stage-BN output, and the
+  student's pre-reset membrane of the neuron layer its stage BN feeds
+  (:mod:`stars_plugin.taps`); kappa = 0.1 relative to each layer's scale, both sides on,
+  synthesis only, student/teacher compared per stage (``granularity = "stage"``; channels
+  are never paired), the teacher's tail mass a detached target of the student side,
+  squared error (``tar_error``) estimated without bias from sampled sites.
 See :mod:`stars_plugin.rca`, :mod:`stars_plugin.tar`, :mod:`stars_plugin.thresholds`.
 """
 from __future__ import annotations
@@ -32,19 +48,30 @@ from baselines import ConfigError
 from baselines.hooks import PHASES, Regularizer, StepContext
 from baselines.models import StagedModel, match_stages
 
-from .rca import rca_loss, stage_discrepancies
+from .rca import live_fractions, rca_loss, stage_discrepancies
+from .taps import TeacherTaps, student_tap_layer
 from .tar import TailAware, seed_tar
 from .thresholds import TeacherThresholds, stage_batchnorm
 
 Phase = Literal["synthesis", "distill"]
+WEIGHTINGS = ("raw", "grad-share")
 
 
 # ----------------------------------------------------------------------------- configs
 @dataclass
-class RCAFields:
+class WeightingFields:
+    """weighting: "raw" (default: alpha / beta multiply the losses) | "grad-share" (alpha /
+    beta are gradient shares relative to the reference term; see the module docstring)."""
+
+    weighting: Literal["raw", "grad-share"] = "raw"
+
+
+@dataclass
+class RCAFields(WeightingFields):
     """RCA options.
 
-    alpha: weight of L_RCA (default 0.5, recommended [0.3, 0.7]; 0 disables RCA).
+    alpha: weight of L_RCA (default 0.5, recommended [0.3, 0.7]; 0 disables RCA), or its
+        gradient share under weighting = "grad-share".
     relation: "cosine" (default) | "distance" | "rank" | "softmax-kl" (stars_plugin.relations).
     temperature: softness of "rank" and "softmax-kl" (cosine units; default 0.1).
     rca_features: "pooled" (default) | "stages" (each matched stage, spatially pooled) |
@@ -63,15 +90,16 @@ class RCAFields:
     def _validate_rca(self, sec: str) -> None:
         cfgmod.nonneg(sec, alpha=self.alpha)
         cfgmod.positive(sec, temperature=self.temperature)
-        if self.alpha > 0:  # alpha = 0 is the explicit "off" switch: no warning
+        if self.alpha > 0 and self.weighting == "raw":  # alpha = 0 is the explicit "off" switch: no warning
             cfgmod.soft_range(sec, "alpha", self.alpha, 0.3, 0.7)
 
 
 @dataclass
-class TARFields:
+class TARFields(WeightingFields):
     """TAR options.
 
-    beta: weight of L_TAR (default 0.3, recommended [0.2, 0.5]; 0 disables TAR).
+    beta: weight of L_TAR (default 0.3, recommended [0.2, 0.5]; 0 disables TAR), or its
+        gradient share under weighting = "grad-share".
     q: threshold quantile; real-data tail mass 1 - q (default 0.95, recommended [0.90, 0.98]).
     kappa: softness of e(x) = sigmoid((x - tau) / kappa), > 0 (default 0.1).
     kappa_scale: "relative" (default: kappa times each layer's scale: |gamma| for bn, the
@@ -87,17 +115,23 @@ class TARFields:
     normalizer: for "distribution": "standardize" (default, own mean/std) | "percentile"
         (divide by the norm_percentile-quantile, as ANN-to-SNN conversion).
     norm_percentile: that quantile (default 0.999).
-    student_layers: neuron layers of a matched student stage: "last" (default) | "all".
-    granularity: student/teacher comparison "auto" (per channel where widths match,
-        default) | "stage" (stage means).
+    student_layers: neuron layers of a matched student stage: "last" (default: the layer
+        fed by the stage's last BatchNorm, the point corresponding to the teacher's
+        stage-BN output; the stage's last neuron layer in every zoo student) | "all" (mean
+        over the stage's neuron layers; not all at the corresponding point).
+    granularity: how the student's firing probabilities meet the teacher's tail masses
+        (channels never correspond, whatever the widths): "stage" (default, stage means) |
+        "sorted" (the sorted per-channel values at min(C_T, C_S) quantile levels).
     subsample: positions sampled per step for kthvalue quantiles (default 4096).
     momentum: EMA momentum of the running threshold estimates (default 0.1).
-    mask_nonpositive: leave out channels whose bn/percentile threshold is <= 0 (after a
-        ReLU they carry no tail information; default true).
+    mask_nonpositive: leave out channels whose bn/percentile threshold is <= 0 (default
+        false: TAR measures at the BN output, where tau <= 0 is as meaningful as any;
+        only a stage without BN, read after a ReLU, has no tail information there).
     tar_error: "squared" (default, (p - t)^2) | "chi2" ((p - t)^2 / (t (1 - t))) |
         "bernoulli-kl" (KL(Bern(t) || Bern(p))): how tail probabilities are compared.
     tar_positions: the student's firing probability is estimated on this many random
-        (sample, pixel) sites per layer and step (an unbiased estimate; the membrane
+        (sample, pixel) sites per layer and step (an unbiased estimate, and an unbiased
+        squared / chi2 error by the product of two half-sample estimates; the membrane
         recurrence runs on those sites only, which keeps the synthesis step within the
         1.15x budget); 0 = every site (exact, ~1.3-1.6x on the small CPU pair).
     """
@@ -115,10 +149,10 @@ class TARFields:
     normalizer: Literal["standardize", "percentile"] = "standardize"
     norm_percentile: float = 0.999
     student_layers: Literal["last", "all"] = "last"
-    granularity: Literal["auto", "stage"] = "auto"
+    granularity: Literal["stage", "sorted"] = "stage"
     subsample: int = 4096
     momentum: float = 0.1
-    mask_nonpositive: bool = True
+    mask_nonpositive: bool = False
     tar_error: Literal["squared", "chi2", "bernoulli-kl"] = "squared"
     tar_positions: int = 1024
 
@@ -143,7 +177,7 @@ class TARFields:
                            f"{sec}: the TAR teacher side acts only in synthesis (the teacher "
                            f"has no gradient in distillation), but tar_phases = "
                            f"{self.tar_phases}; add \"synthesis\" or set tar_student_side = true.")
-        if self.beta > 0:  # beta = 0 is the explicit "off" switch: no warning
+        if self.beta > 0 and self.weighting == "raw":  # 0 = "off": no warning
             cfgmod.soft_range(sec, "beta", self.beta, 0.2, 0.5)
         cfgmod.soft_range(sec, "q", self.q, 0.90, 0.98)
 
@@ -209,10 +243,28 @@ class STARS(Regularizer):
                               getattr(c, "tar_teacher_side", True),
                               getattr(c, "tar_student_side", True),
                               getattr(c, "student_layers", "last"),
-                              getattr(c, "granularity", "auto"),
+                              getattr(c, "granularity", "stage"),
                               getattr(c, "tar_error", "squared"),
                               getattr(c, "tar_positions", 0))
         self.pairs: list[tuple[int, int]] | None = None
+        self.taps = TeacherTaps()  # the teacher's stage-BN outputs (hooks from setup())
+        self.student_taps: dict[int, str | None] = {}  # student stage -> neuron layer name
+        self._tapped: nn.Module | None = None
+
+    # -- weighting -----------------------------------------------------------------------
+    def grad_shares(self, phase: str) -> dict[str, float]:
+        """{"rca": alpha, "tar": beta} for the enabled terms acting in ``phase`` under
+        ``weighting = "grad-share"`` (those terms are then returned unweighted); {} under
+        ``"raw"``. See the module docstring."""
+        c = self.cfg
+        if getattr(c, "weighting", "raw") != "grad-share":
+            return {}
+        out: dict[str, float] = {}
+        if phase in self.rca_phases():
+            out["rca"] = float(c.alpha)
+        if phase in self.tar_phases():
+            out["tar"] = float(c.beta)
+        return out
 
     # -- where each term acts ----------------------------------------------------------
     def rca_phases(self) -> tuple[str, ...]:
@@ -285,29 +337,51 @@ class STARS(Regularizer):
                 )
 
     def setup(self, teacher: StagedModel, student: StagedModel, spec: Any = None) -> None:
-        """Match stages; derive BN thresholds (strategy bn) once."""
+        """Match stages; derive BN thresholds (strategy bn) once; hook the teacher's stage
+        BNs (TAR's measuring points, :mod:`stars_plugin.taps`) and find the student layer
+        each student stage BN feeds."""
         self.pairs = match_stages(teacher.num_stages, student.num_stages)
+        t_stages = [t for t, _ in self.pairs]
+        self.taps.install(teacher, t_stages)
+        self._tapped = teacher
+        self.student_taps = {}
+        for _, si in self.pairs:
+            name = student_tap_layer(student.stages[si]) if si < len(student.stages) else None
+            self.student_taps[si] = f"stages.{si}.{name}" if name else None
         try:
-            self.thresholds.setup(teacher, [t for t, _ in self.pairs])
+            self.thresholds.setup(teacher, t_stages)
         except ConfigError:
             if self.has_tar:
                 raise  # RCAOnly: no BN thresholds -> no tail diagnostics, nothing else lost
 
+    def teardown(self) -> None:
+        """Remove the teacher hooks (also done when the regularizer is garbage-collected)."""
+        self.taps.remove()
+        self._tapped = None
+
     def _ensure_setup(self, ctx: StepContext) -> list[tuple[int, int]]:
-        if self.pairs is None or not self.thresholds.ready:
+        if (self.pairs is None or not self.thresholds.ready
+                or self._tapped is not ctx.teacher_model):
             self.setup(ctx.teacher_model, ctx.student_model, ctx.spec)
         return self.pairs
+
+    def teacher_points(self, ctx: StepContext) -> dict[int, Tensor]:
+        """Teacher stage -> its activations at TAR's measuring point (stage-BN output) in
+        the forward pass ``ctx.teacher`` came from."""
+        pairs = self._ensure_setup(ctx)
+        return self.taps.get(ctx.teacher_model, ctx.teacher, ctx.images, [t for t, _ in pairs])
 
     # -- the terms -------------------------------------------------------------------------
     def terms(self, ctx: StepContext) -> dict[str, Tensor]:
         ph, c, out = ctx.phase, self.cfg, {}
         distill = ph == "distill"
+        shares = self.grad_shares(ph)  # terms named there are returned unweighted
         if ph in self.rca_phases():
             s = self._student(ctx, "RCA")
             loss = rca_loss(ctx.teacher, s, relation=c.relation, temperature=c.temperature,
                             features=c.rca_features, detach_teacher=distill)
             sign = -1.0 if (not distill and c.rca_sign == "adversarial") else 1.0
-            out["rca"] = (sign * c.alpha) * loss
+            out["rca"] = (sign * (1.0 if "rca" in shares else c.alpha)) * loss
         if ph in self.tar_phases():
             if c.tar_variant == "seed":
                 s = self._student(ctx, "TAR (seed)")
@@ -324,12 +398,12 @@ class STARS(Regularizer):
                             f"records, but the {ph} step passed none; the caller must run "
                             f"forward_features(..., record_spiking=needs_spiking({ph!r}))."
                         )
-                res = self.tail(ctx.teacher, ctx.student, pairs,
+                res = self.tail(self.teacher_points(ctx), ctx.student, pairs,
                                 teacher_side=self._teacher_side(ph), student_side=s_side,
-                                update=True, detach_teacher=distill)
+                                update=True, detach_teacher=distill, taps=self.student_taps)
                 loss = res.total
             if loss is not None:
-                out["tar"] = c.beta * loss
+                out["tar"] = loss if "tar" in shares else c.beta * loss
         return out
 
     def _student(self, ctx: StepContext, what: str):
@@ -341,12 +415,18 @@ class STARS(Regularizer):
 
     # -- diagnostics -------------------------------------------------------------------------
     def diagnostics(self, ctx: StepContext) -> dict[str, float]:
-        """Per matched stage pair ``t{i}_s{j}``: ``teacher_tail_mass``, ``teacher_threshold``,
-        ``student_firing_prob``, ``student_spike_rate``, ``tail_gap`` (= firing prob - tail
-        mass), ``relational_discrepancy``; plus ``pooled/relational_discrepancy``. Keys are
+        """Per matched stage pair ``t{i}_s{j}``: ``teacher_tail_mass`` (at the teacher's
+        stage-BN output, where the thresholds apply), ``teacher_threshold``,
+        ``student_firing_prob`` (soft, at the neuron layer the student's stage BN feeds),
+        ``student_spike_rate`` (same layer), ``tail_gap`` (= firing prob - tail mass),
+        ``relational_discrepancy`` (over the live samples) and ``live_fraction`` (share of
+        samples with non-zero features on both sides, the ones RCA compares); plus
+        ``pooled/relational_discrepancy`` and ``pooled/live_fraction``. Keys are
         ``"<pair>/<name>"``; student keys need a student with spiking records, tail keys
         thresholds (always available except strategy bn on a teacher without BN). The
-        relation kind is the configured one (cosine for TAROnly). Nothing is updated."""
+        relation kind is the configured one (cosine for TAROnly). Nothing is updated.
+        (Before the measuring-point fix, the tail mass was read at the stage output and
+        the student's firing probability at the stage's last neuron layer: same keys.)"""
         out: dict[str, float] = {}
         with torch.no_grad():
             if ctx.student is not None:
@@ -355,11 +435,16 @@ class STARS(Regularizer):
                 for k, v in stage_discrepancies(ctx.teacher, ctx.student, relation=rel,
                                                 temperature=temp).items():
                     out[f"{k}/relational_discrepancy"] = v
+                for k, v in live_fractions(ctx.teacher, ctx.student).items():
+                    out[f"{k}/live_fraction"] = v
             if ctx.teacher_model is not None and ctx.student_model is not None:
                 self._ensure_setup(ctx)
             if self.pairs is not None and self.thresholds.ready:
-                res = self.tail(ctx.teacher, ctx.student, self.pairs, teacher_side=False,
-                                student_side=False, update=False, stats=True)
+                acts = self.taps.get(ctx.teacher_model, ctx.teacher, ctx.images,
+                                     [t for t, _ in self.pairs])
+                res = self.tail(acts, ctx.student, self.pairs, teacher_side=False,
+                                student_side=False, update=False, stats=True,
+                                taps=self.student_taps)
                 for pair, rec in res.stats.items():
                     for k, v in rec.items():
                         out[f"{pair}/{k}"] = float(v)

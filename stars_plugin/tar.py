@@ -5,25 +5,42 @@ probability. With teacher thresholds (tau_l, kappa_l) from :mod:`stars_plugin.th
 and matched stage pairs (l, s):
 
 ``aligned`` (default)
+  Measuring points (:mod:`stars_plugin.taps`): teacher stage l is read at the output a_l
+  of its last BatchNorm, the point the ``bn`` thresholds describe; student stage s at the
+  pre-reset membrane u_s of the neuron layer that the student's stage BN feeds
+  (``student_layers = "last"``; ``"all"``: the mean over every neuron layer of the stage,
+  which are not all at the corresponding point).
   - teacher (synthesis) side: the synthetic batch's teacher tail mass
     m_l = mean e(a_l; tau_l) (per channel [C] when thresholds are per channel) should
     equal the real-data tail mass 1 - q:  L_T = mean_l mean_c (m_l,c - (1 - q))^2
     (per layer: (mean_c m_l,c - (1 - q))^2). Only meaningful in synthesis (in
     distillation the teacher's output has no gradient path).
   - student side: the student's soft firing probability
-    p_s = mean_{t, n, space} sigmoid((u_s[t] - V_th) / kappa_s) (pre-reset membrane u,
-    per channel; estimated on ``positions`` random (n, pixel) sites when > 0) should equal the teacher's tail mass at the matched stage:
-    L_S = mean_s (p_s,c - m_l,c)^2 averaged over channels when the widths match
-    (``granularity = "auto"``), else (mean_c p_s,c - mean_c m_l,c)^2. (Equal widths do not
-    imply corresponding channels; ``granularity = "stage"`` always compares stage means.)
-    Student layers of stage s: the last neuron layer of ``stages.s`` (``layers = "last"``)
-    or the mean over all its neuron layers (``"all"``).
+    p_s,c = mean_{t, n, space} sigmoid((u_s[t] - V_th) / kappa_s) should match the
+    teacher's tail mass m_l, which is a *detached* target: the student side never moves
+    the teacher's activations (that is the teacher side's job). Teacher channel c and
+    student channel c are not the same feature, so channels are never paired:
+    ``granularity = "stage"`` (default) compares stage means,
+    (mean_c p_s,c - mean_c m_l,c)^2; ``"sorted"`` compares the sorted per-channel values
+    (the two distributions of per-channel rates) at K = min(C_T, C_S) quantile levels,
+    mean_k (P_s(k) - M_l(k))^2, by linear interpolation between order statistics.
+    Estimation: with ``positions > 0`` p is estimated on that many random (sample,
+    pixel) sites drawn with replacement; the estimate p_hat is unbiased but its square
+    is not (E (p_hat - m)^2 = (p - m)^2 + Var p_hat). So the sites are split into two
+    independent halves and the squared error is replaced by the product
+    (p_hat1 - m)(p_hat2 - m), whose expectation (and that of its gradient) is exactly the
+    all-sites value; ``chi2`` divides the same product by m (1 - m). For ``sorted`` the
+    channel ranking is taken from the pooled estimate, so the product is unbiased given
+    that ranking (the ranking's own noise is a second-order bias). ``bernoulli-kl`` has no
+    unbiased product form: its sampled estimate is biased upward by ~Var p_hat / (2 p (1 - p)).
+    Without sampling (positions = 0, or a layer with fewer sites) the error is exact.
   L_TAR = L_T + L_S (the enabled sides). ``error`` replaces the squared error by a
   variance-normalized one (``chi2``) or a Bernoulli KL (see :func:`tail_error`).
 ``seed``
   The seed's literal form on logits, -log(mean sigmoid(z_S - Q_q(z_T)) + 1e-8), with the
   teacher-logit quantile Q_q over the whole [N, K] tensor by kthvalue (no thresholds, no
-  membranes; the seed's undefined ``compute_tail_weights`` is left out).
+  membranes; the seed's undefined ``compute_tail_weights`` is left out). Kept exactly as
+  written, to be measured next to the aligned form.
 """
 from __future__ import annotations
 
@@ -38,7 +55,7 @@ from baselines.models import ModelOutput, SpikingLayerState
 from .thresholds import TeacherThresholds, Threshold, quantile_kth
 
 VARIANTS = ("aligned", "seed")
-GRANULARITIES = ("auto", "stage")
+GRANULARITIES = ("stage", "sorted")
 STUDENT_LAYERS = ("last", "all")
 ERRORS = ("squared", "chi2", "bernoulli-kl")
 
@@ -114,14 +131,51 @@ def seed_tar(student_logits: Tensor, teacher_logits: Tensor, q: float = 0.95) ->
     return -torch.log(torch.sigmoid(student_logits.float() - thr).mean() + 1e-8)
 
 
-def stage_layers(spiking: list[SpikingLayerState], stage: int, which: str = "last"
-                 ) -> list[SpikingLayerState]:
-    """Neuron layers of student stage ``stage`` (inside ``stages.<stage>``, else by .stage)."""
+def stage_layers(spiking: list[SpikingLayerState], stage: int, which: str = "last",
+                 tap: str | None = None) -> list[SpikingLayerState]:
+    """Neuron layers of student stage ``stage``: ``last`` -> the layer named ``tap`` (the one
+    the stage BN feeds, :func:`stars_plugin.taps.student_tap_layer`) when recorded, else the
+    stage's last neuron layer; ``all`` -> every neuron layer of the stage."""
     inside = [r for r in spiking if r.name.startswith(f"stages.{stage}.")]
     recs = inside or [r for r in spiking if r.stage == stage]
     if not recs:
         return []
-    return recs[-1:] if which == "last" else recs
+    if which != "last":
+        return recs
+    named = [r for r in recs if tap is not None and r.name == tap]
+    return named[-1:] or recs[-1:]
+
+
+def sorted_levels(x: Tensor, k: int) -> Tensor:
+    """x [n] (already sorted ascending) at k quantile levels (i + 0.5) / k, i < k, by linear
+    interpolation between order statistics: [k] (x itself when n == k). Differentiable."""
+    n = x.shape[0]
+    if n == k:
+        return x
+    pos = ((torch.arange(k, device=x.device, dtype=torch.float32) + 0.5) * (n / k) - 0.5)
+    pos = pos.clamp(0, n - 1)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=n - 1)
+    w = (pos - lo.float()).to(x.dtype)
+    return x[lo] * (1 - w) + x[hi] * w
+
+
+def product_error(p1: Tensor, p2: Tensor, target: Tensor | float, kind: str) -> Tensor:
+    """Unbiased estimate of the squared (or chi2) error from two independent estimates
+    p1, p2 of the same probability: (p1 - t)(p2 - t) [/ t (1 - t)] (may be negative)."""
+    e = (p1 - target) * (p2 - target)
+    if kind == "chi2":
+        if isinstance(target, float):
+            tt = min(max(target, 1e-4), 1 - 1e-4)
+        else:
+            tt = target.detach().clamp(1e-4, 1 - 1e-4)
+        e = e / (tt * (1 - tt))
+    return e
+
+
+def _n_sites(r: SpikingLayerState) -> int:
+    s = r.spikes
+    return s.shape[1] * (s[0, 0, 0].numel() if s.dim() > 3 else 1)
 
 
 # ----------------------------------------------------------------------------- the term
@@ -144,24 +198,31 @@ class TailAware:
 
     def __init__(self, thresholds: TeacherThresholds, teacher_side: bool = True,
                  student_side: bool = True, layers: str = "last",
-                 granularity: str = "auto", error: str = "squared",
+                 granularity: str = "stage", error: str = "squared",
                  positions: int = 0) -> None:
         if error not in ERRORS:
             raise UnknownNameError("TAR error", error, list(ERRORS))
+        if granularity not in GRANULARITIES:
+            raise UnknownNameError("TAR granularity", granularity, list(GRANULARITIES))
         self.thr, self.error, self.positions = thresholds, error, positions
         self.teacher_side, self.student_side = teacher_side, student_side
         self.layers, self.granularity = layers, granularity
 
-    def __call__(self, teacher: ModelOutput, student: ModelOutput | None,
+    def __call__(self, acts: dict[int, Tensor], student: ModelOutput | None,
                  pairs: list[tuple[int, int]], *, teacher_side: bool | None = None,
                  student_side: bool | None = None, update: bool = True,
-                 detach_teacher: bool = False, stats: bool = False) -> TARResult:
+                 detach_teacher: bool = False, stats: bool = False,
+                 taps: dict[int, str | None] | None = None) -> TARResult:
+        """``acts``: teacher stage -> activations at its measuring point (the stage-BN
+        output, :class:`stars_plugin.taps.TeacherTaps`); ``taps``: student stage -> name of
+        the neuron layer fed by its stage BN."""
         t_on = self.teacher_side if teacher_side is None else teacher_side
         s_on = self.student_side if student_side is None else student_side
         spiking = student.spiking if student is not None else None
+        taps = taps or {}
         t_losses, s_losses, out = [], [], TARResult()
         for ti, si in pairs:
-            a = teacher.features[ti]
+            a = acts[ti]
             if detach_teacher:
                 a = a.detach()
             thr = self.thr.for_teacher(ti, a, update=update)
@@ -180,8 +241,9 @@ class TailAware:
                 rec["teacher_threshold"] = float(masked_mean(thr.tau.float(), thr.valid).detach())
             if spiking is not None and (s_on or stats):
                 per_layer, probs, rates = [], [], []
-                for r in stage_layers(spiking, si, self.layers):
-                    p, loss = self._student_layer(r, thr, m_t, m_t_mean)
+                target = self._target(m_t.detach(), thr)
+                for r in stage_layers(spiking, si, self.layers, taps.get(si)):
+                    p, loss = self._student_layer(r, thr, target)
                     per_layer.append(loss)
                     if stats:
                         probs.append(float(p.detach().mean()))
@@ -200,20 +262,49 @@ class TailAware:
             out.student_loss = sum(s_losses[1:], s_losses[0]) / len(s_losses)
         return out
 
-    def _student_layer(self, r: SpikingLayerState, thr: Threshold, m_t: Tensor,
-                       m_t_mean: Tensor) -> tuple[Tensor, Tensor]:
-        """(soft firing probability [C_S], squared error to the teacher's tail mass).
+    def _target(self, m_t: Tensor, thr: Threshold) -> Tensor | None:
+        """The student side's (detached) target: the stage mean (``stage``) or the sorted
+        valid per-channel tail masses (``sorted``; None when no channel is valid)."""
+        valid = thr.valid if thr.valid.dim() == 1 else thr.valid.expand_as(m_t)
+        if self.granularity == "stage":
+            return masked_mean(m_t, valid)
+        if not bool(valid.all()):
+            m_t = m_t[valid]
+            if m_t.numel() == 0:
+                return None
+        return m_t.sort().values
+
+    def _student_layer(self, r: SpikingLayerState, thr: Threshold,
+                       target: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(soft firing probability [C_S], its error to the teacher's detached tail mass).
 
         With ``positions > 0`` the membrane is recomputed at that many random (sample,
         pixel) sites only (:meth:`SpikingLayerState.v_pre_sample`): p is then an unbiased
-        Monte-Carlo estimate of the batch's firing probability, at a fraction of the cost.
+        Monte-Carlo estimate of the batch's firing probability, at a fraction of the cost,
+        and the error is the unbiased two-half product (module docstring).
         """
+        sampled = 0 < self.positions < _n_sites(r)
         v = r.v_pre_sample(self.positions) if self.positions > 0 else r.v_pre
-        per_channel = (self.granularity == "auto" and v.dim() >= 3
-                       and v.shape[2] == m_t.shape[0] and m_t.shape[0] > 1)
-        tau_u, kappa_u = self.thr.for_student(thr, v, r.v_threshold, per_channel)
-        p = firing_probability(v, tau_u, kappa_u)
-        if per_channel:
-            valid = thr.valid if thr.valid.dim() == 1 else thr.valid.expand_as(m_t)
-            return p, masked_mean(tail_error(p, m_t, self.error), valid)
-        return p, tail_error(p.mean(), m_t_mean, self.error)
+        tau_u, kappa_u = self.thr.for_student(thr, v, r.v_threshold)
+        halves = None
+        if sampled and self.error in ("squared", "chi2") and v.shape[1] >= 2:
+            h = v.shape[1] // 2  # sites are i.i.d. draws: the two halves are independent
+            halves = (firing_probability(v[:, :h], tau_u, kappa_u),
+                      firing_probability(v[:, h:2 * h], tau_u, kappa_u))
+            p = (halves[0] + halves[1]) / 2
+        else:
+            p = firing_probability(v, tau_u, kappa_u)
+        if target is None:  # no valid teacher channel: no signal
+            return p, 0.0 * p.sum()
+        if self.granularity == "stage":
+            if halves is not None:
+                return p, product_error(halves[0].mean(), halves[1].mean(), target, self.error)
+            return p, tail_error(p.mean(), target, self.error)
+        k = min(target.shape[0], p.shape[0])
+        m_k = sorted_levels(target, k)
+        if halves is not None:
+            order = ((halves[0] + halves[1]) / 2).detach().argsort()
+            q1 = sorted_levels(halves[0][order], k)
+            q2 = sorted_levels(halves[1][order], k)
+            return p, product_error(q1, q2, m_k, self.error).mean()
+        return p, tail_error(sorted_levels(p.sort().values, k), m_k, self.error).mean()

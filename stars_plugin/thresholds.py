@@ -9,13 +9,14 @@ a softness kappa_l in the same units, from one of three strategies (the seed's l
     tau_c = beta_c + |gamma_c| * z_q (z_q = ndtri(q)) has real-data tail mass 1 - q.
     Per layer: the q-quantile of the channel mixture (1/C) sum_c N(beta_c, gamma_c^2),
     found once by bisection. Computed once in ``setup``.
-    *What is compared*: the regularizer sees only stage outputs, so the stage output is
-    compared with the thresholds of the stage's **last BatchNorm** (in module order,
-    skipping BNs inside ``shortcut`` / ``downsample`` branches when another BN exists).
-    That is exact when the stage ends with BN -> ReLU (ReLU does not change exceedance of
-    a threshold tau > 0) and approximate when a residual add, a max-pool (VGG) or a
-    pre-activation block (WRN) follows that BN. With ``mask_nonpositive`` channels with
-    tau_c <= 0 are left out: after a ReLU they carry no tail information.
+    *Where it is measured*: at the output of the stage's **last BatchNorm** (in module
+    order, skipping BNs inside ``shortcut`` / ``downsample`` branches when another BN
+    exists), the point these thresholds describe, captured by :mod:`stars_plugin.taps`
+    (not at the stage output: after ReLU + max-pool or a residual add the tail mass above
+    tau is not 1 - q). Every strategy measures at that point (percentile and distribution
+    estimate their thresholds there too); a stage without BN is measured at its output.
+    ``mask_nonpositive`` (default off) leaves out channels with tau_c <= 0; that only
+    matters where a stage without BN is read after a ReLU (no tail information there).
 ``percentile``
     tau = running (EMA, ``momentum``) estimate of the q-quantile of the teacher's stage
     activations on the batches it sees, each estimate taken by ``kthvalue`` on a random
@@ -155,7 +156,7 @@ class TeacherThresholds:
                  per_channel: bool = True, kappa_scale: str = "relative",
                  subsample: int = 4096, momentum: float = 0.1,
                  normalizer: str = "standardize", norm_percentile: float = 0.999,
-                 mask_nonpositive: bool = True) -> None:
+                 mask_nonpositive: bool = False) -> None:
         if strategy not in STRATEGIES:
             raise UnknownNameError("threshold strategy", strategy, list(STRATEGIES))
         if normalizer not in NORMALIZERS:
@@ -255,27 +256,28 @@ class TeacherThresholds:
 
     # -- student side -------------------------------------------------------------------
     def for_student(self, teacher_thr: Threshold, v_pre: Tensor, v_th: float,
-                    per_channel: bool) -> tuple[Tensor | float, Tensor | float]:
+                    per_channel: bool | None = None) -> tuple[Tensor | float, Tensor | float]:
         """(tau_u, kappa_u) in membrane units for a student layer's v_pre [T, N, C, ...].
 
         bn / percentile: the student's own threshold V_th (kappa * V_th if relative).
-        distribution: the teacher's normalized threshold tau_hat mapped into this layer's
-        membrane units with the layer's own batch statistics; per channel when
-        ``per_channel`` (widths match), else with the teacher's channel-mean tau_hat.
+        distribution: the teacher's normalized threshold tau_hat (its mean over valid
+        channels: teacher and student channels do not correspond) mapped into this layer's
+        membrane units with the layer's own batch statistics, per student channel when
+        ``per_channel`` (default: the thresholds' ``per_channel``), else per layer.
         """
         if self.strategy != "distribution":  # Python floats: no per-step device copy
             k = self.kappa * (abs(v_th) if self.relative else 1.0)
             return float(v_th), max(k, _EPS)
+        per_channel = self.per_channel if per_channel is None else per_channel
         with torch.no_grad():
             tau_hat = teacher_thr.tau_hat
-            if per_channel and tau_hat.dim() == 1:
+            if tau_hat.dim() == 1:
+                v = teacher_thr.valid
+                tau_hat = (tau_hat * v).sum() / v.sum().clamp_min(1)
+            if per_channel:
                 s = sample_per_channel(v_pre, 2, self.subsample).float()
             else:
-                if tau_hat.dim() == 1:
-                    v = teacher_thr.valid
-                    tau_hat = (tau_hat * v).sum() / v.sum().clamp_min(1)
                 s = sample_flat(v_pre, self.subsample).float()[None]
-                per_channel = False
             center, scale = self._normalizer(s)
             scale = scale.clamp_min(_EPS)
             tau_u = center + scale * tau_hat
