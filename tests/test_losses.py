@@ -141,7 +141,7 @@ def test_js_divergence_matches_reference_formula():
 
 def test_js_is_zero_for_identical_models_and_positive_otherwise():
     t = torch.randn(6, 3)
-    assert abs(float(js_divergence(t, t.clone()))) < 1e-6  # the student=teacher bug: nothing to push
+    assert abs(float(js_divergence(t, t.clone()))) < 1e-6  # student = teacher: nothing to push
     assert float(js_divergence(torch.randn(6, 3) * 3, t)) > 1e-4
 
 

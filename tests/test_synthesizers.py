@@ -144,7 +144,8 @@ def test_every_enabled_term_has_a_gradient(name, student, monkeypatch):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_adversarial_term_needs_a_distinct_student(name, monkeypatch):
-    """The references built the generative baselines with student = teacher: adv was always 0."""
+    """The adversarial term vanishes when the student is the teacher (the reference harness's
+    DAFL/ZSKT/DFAD/DFQ branch); against a distinct student, SNN or ANN, it is nonzero."""
     values = {}
     for student in ("teacher", "snn", "ann"):
         syn = build(name, student)

@@ -14,8 +14,9 @@
 
       L_adv = -mean_i [ m_i * KL(p_T,i || p_S,i) ]     (T = 1)
 
-Both vanish when the student *is* the teacher (the reference scripts' bug); they need a
-distinct student network.
+Both vanish when the student *is* the teacher; they need a distinct student network. (The
+reference harness passes its real student to DeepInversion, CMI and Fast; only its DAFL /
+ZSKT / DFAD / DFQ branch is built with student = teacher, where these terms are always 0.)
 """
 from __future__ import annotations
 
