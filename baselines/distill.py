@@ -8,7 +8,16 @@ references; no hard labels):
     L_KD = tau^2 * KL(softmax(t / tau) || softmax(s / tau))   (batchmean)
 
 plus the attached regularizers' "distill" terms. SGD with momentum, cosine schedule over
-all KD steps, evaluation of the student on the real test set every ``eval_every`` epochs.
+all KD steps (``schedule = "cosine-step"``) or, as the reference harness, stepped once per
+KD epoch to ``eta_min`` (``"cosine-epoch"``); evaluation of the student on the real test set
+every ``eval_every`` epochs.
+
+Warm-up (``warmup``, default: the synthesizer's own, e.g. Fast-DFKD's 20 epochs): the
+first epochs only synthesize; no KD step is taken and the schedule is not stepped (the
+reference ``datafree_kd.py``: ``if epoch >= warmup: train(...); scheduler.step()``).
+
+How synthesis sees the student (``synthesis_student_mode``): see
+:class:`baselines.synthesizers.base.SynthesisSetup` (default "batch-stats").
 """
 from __future__ import annotations
 
@@ -22,9 +31,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import nonneg, positive, require
+from .synthesizers.base import STUDENT_MODES, synthesis_mode, _grad_norm
 from .hooks import StepContext, total_loss
 from .spec import DataSpec
 from .synthesizers.base import Synthesizer
+
+
+SCHEDULES = ("cosine-step", "cosine-epoch")
 
 
 @dataclass
@@ -42,6 +55,11 @@ class DistillConfig:
     eval_every: int = 1  # epochs between test-set evaluations (the last epoch always)
     eval_batch_size: int = 500
     heldout_images: int = 0  # synthetic images kept out of KD, for the agreement metric
+    warmup: int | None = None  # synthesis-only epochs; None = the synthesizer's (Fast: fast.warmup)
+    schedule: str = "cosine-step"  # "cosine-step" (per KD step, to 0) | "cosine-epoch" (reference)
+    eta_min: float = 0.0  # final lr of the cosine schedule (reference: 2e-4)
+    synthesis_student_mode: str = "batch-stats"  # how synthesis queries the student: | "eval"
+    grad_probe_every: int = 1  # synthesize() calls between per-term gradient-norm probes (0 = off)
 
     def validate(self) -> None:
         positive("distill", epochs=self.epochs, batch_size=self.batch_size,
@@ -52,6 +70,15 @@ class DistillConfig:
                heldout_images=self.heldout_images)
         require(self.synth_batches > 0 or self.epochs == 0,
                 "distill.synth_batches must be >= 1: every epoch adds images to the pool")
+        nonneg("distill", eta_min=self.eta_min, grad_probe_every=self.grad_probe_every)
+        require(self.warmup is None or self.warmup >= 0,
+                f"distill.warmup = {self.warmup} must be >= 0 (or unset: the synthesizer's own).")
+        require(self.schedule in SCHEDULES,
+                f"distill.schedule = {self.schedule!r}: use one of {', '.join(SCHEDULES)}.")
+        require(self.synthesis_student_mode in STUDENT_MODES,
+                f"distill.synthesis_student_mode = {self.synthesis_student_mode!r}: use one of "
+                f"{', '.join(STUDENT_MODES)}.")
+        require(self.eta_min <= self.lr, f"distill.eta_min = {self.eta_min} must not exceed lr = {self.lr}.")
 
 
 @dataclass
@@ -67,6 +94,9 @@ class DistillResult:
     synth_timing: dict[str, float]
     synth_losses: dict[str, float]
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    synth_batches: list[dict[str, Any]] = field(default_factory=list)  # per synthesize() call
+    grad_norms: dict[str, float] = field(default_factory=dict)  # mean over probed batches
+    kd_warmup_epochs: int = 0
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -108,17 +138,12 @@ def _diagnostics(synth: Synthesizer, batch_size: int) -> dict[str, Any]:
     if not regs or len(synth.pool) == 0:
         return {}
     teacher, student = synth.teacher, synth.student
-    was = student.training
-    student.eval()
-    try:
-        with torch.no_grad():
-            x, _ = synth.sample(batch_size)
-            ctx = StepContext("distill", x, None, teacher.forward_features(x),
-                              student.forward_features(x, record_spiking=student.is_spiking),
-                              teacher, student, synth.spec, synthesizer=synth.name)
-            return {r.name: r.diagnostics(ctx) for r in regs}
-    finally:
-        student.train(was)
+    with torch.no_grad(), synthesis_mode(teacher, student, synth.setup.student_mode):
+        x, _ = synth.sample(batch_size)
+        ctx = StepContext("distill", x, None, teacher.forward_features(x),
+                          student.forward_features(x, record_spiking=student.is_spiking),
+                          teacher, student, synth.spec, synthesizer=synth.name)
+        return {r.name: r.diagnostics(ctx) for r in regs}
 
 
 def distill(synth: Synthesizer, test: tuple[Tensor, Tensor], cfg: DistillConfig | None = None,
@@ -135,11 +160,19 @@ def distill(synth: Synthesizer, test: tuple[Tensor, Tensor], cfg: DistillConfig 
     student.train()
     opt = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
-    total_steps = max(1, cfg.epochs * cfg.kd_steps)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    warmup = synth.kd_warmup_epochs() if cfg.warmup is None else cfg.warmup
+    warmup = min(warmup, cfg.epochs)
+    kd_epochs = cfg.epochs - warmup
+    synth.total_epochs = cfg.epochs
+    if cfg.schedule == "cosine-epoch":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, kd_epochs), eta_min=cfg.eta_min)
+    else:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, kd_epochs * cfg.kd_steps),
+                                                           eta_min=cfg.eta_min)
 
     synth_seconds, n_images, timing = 0.0, 0, defaultdict(float)
     synth_losses: dict[str, float] = {}
+    batches: list[dict[str, Any]] = []
 
     def run_synthesis() -> None:
         nonlocal synth_seconds, n_images, synth_losses
@@ -149,6 +182,8 @@ def distill(synth: Synthesizer, test: tuple[Tensor, Tensor], cfg: DistillConfig 
         for k, v in res.timing.items():
             timing[k] += v
         synth_losses = res.losses or synth_losses
+        batches.append({"epoch": synth.epoch, "seconds": res.seconds, "losses": dict(res.losses),
+                        "grad_norms": dict(res.grad_norms)})
 
     heldout = None
     if cfg.heldout_images > 0:
@@ -163,6 +198,9 @@ def distill(synth: Synthesizer, test: tuple[Tensor, Tensor], cfg: DistillConfig 
     kd_seconds, step = 0.0, 0
     need_spiking = regs.needs_spiking("distill") and student.is_spiking
     use_regs = any(r.acts_in("distill") for r in regs)
+    kd_shares = regs.grad_shares("distill")
+    kd_scales: dict[str, float] = {}
+    params = [p for p in student.parameters() if p.requires_grad]
     epochs = range(cfg.epochs)
     if progress:
         from tqdm.auto import tqdm
@@ -177,7 +215,9 @@ def distill(synth: Synthesizer, test: tuple[Tensor, Tensor], cfg: DistillConfig 
         t0 = time.perf_counter()
         student.train()
         kd_sum = 0.0
-        for _ in range(cfg.kd_steps):
+        reg_sums: dict[str, float] = defaultdict(float)
+        in_warmup = epoch < warmup
+        for i in range(0 if in_warmup else cfg.kd_steps):
             x, _ = synth.sample(cfg.batch_size)
             with torch.no_grad():
                 t_out = teacher.forward_features(x)
@@ -187,16 +227,33 @@ def distill(synth: Synthesizer, test: tuple[Tensor, Tensor], cfg: DistillConfig 
                 ctx = StepContext("distill", x, None, t_out, s_out, teacher, student, spec,
                                   step=step, epoch=epoch, synthesizer=synth.name)
                 terms.update(regs.terms(ctx))
+                if kd_shares and i == 0:  # gradient-share weights vs the KD term, once per epoch
+                    g_kd = _grad_norm(terms["kd"], params)
+                    for k in kd_shares:
+                        g = _grad_norm(terms[k], params) if k in terms else 0.0
+                        kd_scales[k] = kd_shares[k] * g_kd / g if g > 1e-12 * max(g_kd, 1e-30) else 0.0
+                if kd_shares:
+                    terms = {k: (v * kd_scales.get(k, 0.0) if k in kd_shares else v) for k, v in terms.items()}
             loss = total_loss(terms, "distillation", step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            if cfg.schedule == "cosine-step":
+                sched.step()
             kd_sum += float(terms["kd"].detach())
+            for k, v in terms.items():
+                if k != "kd":
+                    reg_sums[k] += float(v.detach())
             step += 1
+        if not in_warmup and cfg.schedule == "cosine-epoch":
+            sched.step()
         kd_seconds += time.perf_counter() - t0
-        record: dict[str, Any] = {"epoch": epoch, "kd_loss": kd_sum / max(1, cfg.kd_steps),
-                                  "pool": len(synth.pool)}
+        n_kd = 0 if in_warmup else cfg.kd_steps
+        record: dict[str, Any] = {"epoch": epoch, "kd_loss": kd_sum / n_kd if n_kd else None,
+                                  "pool": len(synth.pool), "lr": opt.param_groups[0]["lr"]}
+        if reg_sums:
+            record["terms"] = {k: v / max(1, n_kd) for k, v in reg_sums.items()}
+            reg_sums.clear()
         if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1:
             last = evaluate(student, test[0], test[1], spec, cfg.eval_batch_size, device)
             best = max(best, last)
@@ -214,9 +271,13 @@ def distill(synth: Synthesizer, test: tuple[Tensor, Tensor], cfg: DistillConfig 
         history.append(record)
     if len(regs):
         diagnostics["end"] = _diagnostics(synth, min(cfg.batch_size, 256))
+    probed = [b["grad_norms"] for b in batches if b["grad_norms"]]
+    grad_norms = {k: sum(p[k] for p in probed if k in p) / sum(1 for p in probed if k in p)
+                  for k in sorted({k for p in probed for k in p})}
     return DistillResult(
         student_acc=last, student_acc_best=best if best > float("-inf") else float("nan"),
         val_acc=val_acc, agreement=agreement, history=history, images_synthesized=n_images,
         synthesis_seconds=synth_seconds, distill_seconds=kd_seconds, synth_timing=dict(timing),
-        synth_losses=synth_losses, diagnostics=diagnostics,
+        synth_losses=synth_losses, diagnostics=diagnostics, synth_batches=batches,
+        grad_norms=grad_norms, kd_warmup_epochs=warmup,
     )

@@ -120,6 +120,15 @@ class Regularizer:
     def needs_spiking(self, phase: str) -> bool:
         return False
 
+    def grad_shares(self, phase: str) -> dict[str, float]:
+        """Terms weighted by gradient share in ``phase``: {term: share}. Such terms are
+        returned by ``terms()`` *unweighted*; the harness multiplies each by a detached
+        scale, measured at probe steps, so that the norm of its gradient w.r.t. what the
+        phase optimizes (pixels / generator in synthesis, student weights in distill) is
+        ``share`` times the reference term's (BN statistics in synthesis, KD in distill).
+        Default: none (every term already weighted)."""
+        return {}
+
     # -- lifecycle -------------------------------------------------------------
     def setup(self, teacher: StagedModel, student: StagedModel, spec: DataSpec) -> None:
         """Called once before the run (e.g. to derive thresholds from the teacher)."""
@@ -161,6 +170,15 @@ class RegularizerSet:
 
     def needs_spiking(self, phase: str) -> bool:
         return any(r.needs_spiking(phase) for r in self.regs)
+
+    def grad_shares(self, phase: str) -> dict[str, float]:
+        """The attached regularizers' gradient shares in ``phase``, keyed ``name/term``."""
+        out: dict[str, float] = {}
+        for r in self.regs:
+            if r.acts_in(phase):
+                for k, v in (r.grad_shares(phase) or {}).items():
+                    out[f"{r.name}/{k}"] = float(v)
+        return out
 
     def setup(self, teacher: StagedModel, student: StagedModel, spec: DataSpec) -> None:
         for r in self.regs:

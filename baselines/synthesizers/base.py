@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .. import config as cfgmod
+from ..errors import ConfigError
 from ..hooks import RegularizerSet, StepContext, detach_terms
 from ..models import ModelOutput, StagedModel
 from ..pool import ImagePool
@@ -33,6 +34,15 @@ class SynthesisSetup:
 
     real: (images uint8 [N, C, H, W], labels) of the training set, only for transfer sets
         that need real data (``real``); None otherwise.
+    student_mode: how synthesis queries the student (adversarial terms, regularizer hooks):
+        "batch-stats" (default): BatchNorm normalizes with the synthetic batch's own
+        statistics, as in the KD step that trains it, without touching the running
+        statistics; "eval": the running statistics (the references' ``student.eval()``;
+        at initialization they are mean 0 / var 1, so a freshly built spiking student is
+        silent there and the first batch gets no student signal at all).
+    grad_probe_every: measure every term's gradient norm relative to the reference term
+        (BN statistics) at the first inner step of every N-th synthesize() call (0 = never,
+        unless a regularizer weights by gradient share, which needs it every call).
     """
 
     teacher: StagedModel
@@ -41,19 +51,28 @@ class SynthesisSetup:
     regularizers: RegularizerSet = field(default_factory=RegularizerSet)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     real: tuple[Tensor, Tensor] | None = None
+    student_mode: str = "batch-stats"
+    grad_probe_every: int = 1
+
+
+STUDENT_MODES = ("batch-stats", "eval")
 
 
 @dataclass
 class SynthesisResult:
     """images: pixel space [N, C, H, W] in [0, 1]; targets: [N] labels the images were
     made for; seconds: wall time of the call; losses: the named terms at the final (kept)
-    step; timing: seconds spent in teacher_forward / student_forward / backward / other."""
+    step; timing: seconds spent in teacher_forward / student_forward / backward / other;
+    grad_norms: at the probed step, each term's gradient norm w.r.t. the images
+    (``images/<term>``) and the optimized tensors (``params/<term>``), divided by the
+    reference term's (empty when not probed)."""
 
     images: Tensor
     targets: Tensor
     seconds: float
     losses: dict[str, float] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
+    grad_norms: dict[str, float] = field(default_factory=dict)
 
 
 class StepTimer:
@@ -96,6 +115,52 @@ def eval_frozen(*modules: torch.nn.Module):
                 p.requires_grad_(rg)
 
 
+def batchnorm_modules(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@contextmanager
+def batch_stats(model: torch.nn.Module):
+    """BatchNorm layers of ``model`` normalize with the current batch's statistics and leave
+    their running statistics (and counters) untouched; restored on exit.
+
+    (``training = True`` with ``track_running_stats = False`` makes torch pass no running
+    buffers to ``batch_norm``, so nothing is updated.)"""
+    saved = [(m, m.training, m.track_running_stats) for m in batchnorm_modules(model)]
+    for m, _, _ in saved:
+        m.train(True)
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m, training, track in saved:
+            m.train(training)
+            m.track_running_stats = track
+
+
+@contextmanager
+def synthesis_mode(teacher: torch.nn.Module, student: torch.nn.Module, student_mode: str = "batch-stats"):
+    """The models as synthesis queries them: both frozen (:func:`eval_frozen`), the teacher
+    on its running statistics, the student in ``student_mode`` (see :class:`SynthesisSetup`)."""
+    if student_mode not in STUDENT_MODES:
+        raise ConfigError(f"student_mode = {student_mode!r}: use one of {STUDENT_MODES}.")
+    with eval_frozen(teacher, student):
+        if student_mode == "batch-stats":
+            with batch_stats(student):
+                yield
+        else:
+            yield
+
+
+def _grad_norm(loss: Tensor, wrt: list[Tensor]) -> float:
+    wrt = [t for t in wrt if t.requires_grad]
+    if not wrt or not loss.requires_grad:
+        return 0.0
+    grads = torch.autograd.grad(loss, wrt, retain_graph=True, allow_unused=True)
+    sq = sum(float(g.detach().float().pow(2).sum()) for g in grads if g is not None)
+    return sq ** 0.5
+
+
 class Synthesizer:
     """Base class. Subclasses set ``name``, a ``Config`` dataclass and implement
     ``synthesize``. ``Config`` must have ``batch_size`` (images per synthesize() call)."""
@@ -121,6 +186,10 @@ class Synthesizer:
         self.timer = StepTimer()
         self.step = 0  # global inner-step counter
         self.epoch = 0
+        self.calls = 0  # synthesize() calls finished (for probing and schedules)
+        self.total_epochs: int | None = None  # set by the distillation loop
+        self._scales: dict[str, float] = {}
+        self._grad_norms: dict[str, float] = {}
         self.check_setup(setup)
 
     # -- to implement ---------------------------------------------------------
@@ -133,6 +202,15 @@ class Synthesizer:
     # -- shared machinery ------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def kd_warmup_epochs(self) -> int:
+        """Epochs at the start of distillation that synthesize only (no KD step, KD schedule
+        not stepped) when ``distill.warmup`` is left to the synthesizer; 0 here."""
+        return 0
+
+    def frozen_models(self):
+        """Context: teacher and student as synthesis queries them (:func:`synthesis_mode`)."""
+        return synthesis_mode(self.teacher, self.student, self.setup.student_mode)
 
     def need_student(self, adversarial_on: bool) -> bool:
         return adversarial_on or self.regularizers.needs_student("synthesis")
@@ -162,6 +240,56 @@ class Synthesizer:
         with self.timer("regularizers"):
             return self.regularizers.terms(ctx)
 
+    # -- gradient shares -----------------------------------------------------------
+    def probing(self, inner_step: int) -> bool:
+        """Whether this inner step measures per-term gradient norms (the first inner step of
+        every ``grad_probe_every``-th call; every call when a regularizer needs scales)."""
+        if inner_step != 0:
+            return False
+        if self.regularizers.grad_shares("synthesis"):
+            return True
+        every = self.setup.grad_probe_every
+        return every > 0 and self.calls % every == 0
+
+    def balance(self, terms: dict[str, Tensor], images: Tensor, inner_step: int) -> dict[str, Tensor]:
+        """Measure (at probe steps) and apply gradient-share weights; returns the terms.
+
+        The reference term is ``bn`` (the BN-statistics loss) when the synthesizer has one,
+        else the sum of the synthesizer's own terms. At a probe step every term's gradient
+        norm w.r.t. ``images`` (pixel space, as generated) and w.r.t. the optimized tensors
+        is recorded relative to the reference's. A term a regularizer declares in
+        ``grad_shares`` (raw, unweighted) is multiplied by share * |g_ref| / |g_term| (w.r.t.
+        the optimized tensors, measured at the probe step and held until the next one), so
+        its gradient is ``share`` times the reference's whatever the synthesizer or model."""
+        shares = self.regularizers.grad_shares("synthesis")
+        if self.probing(inner_step):
+            ref = terms.get("bn")
+            if ref is None:
+                own = [v for k, v in terms.items() if "/" not in k]
+                ref = sum(own) if own else None
+            with self.timer("grad_probe"):
+                leaves = self.optimized_tensors()
+                probe = {"images": [images]} if not (len(leaves) == 1 and leaves[0] is images) else {}
+                probe["params"] = leaves or [images]
+                norms: dict[str, float] = {}
+                for where, wrt in probe.items():
+                    g_ref = _grad_norm(ref, wrt) if ref is not None else 0.0
+                    for k, v in terms.items():
+                        g = _grad_norm(v, wrt)
+                        if where == "params" and k in shares:
+                            ok = g > 1e-12 * max(g_ref, 1e-30)
+                            self._scales[k] = shares[k] * g_ref / g if ok else 0.0
+                            g = g * self._scales[k]
+                        norms[f"{where}/{k}"] = g / g_ref if g_ref > 0 else float("nan")
+                self._grad_norms = norms
+        if shares:
+            terms = {k: (v * self._scales.get(k, 0.0) if k in shares else v) for k, v in terms.items()}
+        return terms
+
+    def optimized_tensors(self) -> list[Tensor]:
+        """The leaf tensors the current synthesize() call optimizes (override)."""
+        return []
+
     def backward(self, loss: Tensor) -> None:
         with self.timer("backward"):
             loss.backward()
@@ -175,7 +303,9 @@ class Synthesizer:
         timing = self.timer.reset()
         timing["other"] = max(0.0, seconds - sum(timing.values()))
         losses = {k: (float(v.detach()) if isinstance(v, Tensor) else float(v)) for k, v in terms.items()}
-        return SynthesisResult(images_pixel, targets.detach().cpu(), seconds, losses, timing)
+        norms, self._grad_norms = self._grad_norms, {}
+        self.calls += 1
+        return SynthesisResult(images_pixel, targets.detach().cpu(), seconds, losses, timing, norms)
 
     def random_targets(self, n: int) -> Tensor:
         return torch.randint(0, self.spec.num_classes, (n,), device=self.device)
@@ -196,13 +326,17 @@ class Synthesizer:
 
     def state_dict(self) -> dict[str, Any]:
         return {"pool": self.pool.state_dict(), "step": self.step, "epoch": self.epoch,
+                "calls": self.calls, "scales": dict(self._scales),
                 "regularizers": self.regularizers.state_dict(), "extra": self.extra_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.pool.load_state_dict(state["pool"])
         self.step, self.epoch = state["step"], state["epoch"]
+        self.calls = state.get("calls", 0)
+        self._scales = dict(state.get("scales", {}))
         self.regularizers.load_state_dict(state.get("regularizers", {}))
         self.load_extra_state(state.get("extra", {}))
 
 
-__all__ = ["SynthesisSetup", "SynthesisResult", "Synthesizer", "StepTimer", "eval_frozen", "detach_terms"]
+__all__ = ["SynthesisSetup", "SynthesisResult", "Synthesizer", "StepTimer", "eval_frozen", "detach_terms",
+           "batch_stats", "synthesis_mode", "STUDENT_MODES"]

@@ -125,7 +125,7 @@ class CMI(Synthesizer):
         best_loss, best_x, best_feats, best_terms = math.inf, None, None, {}
         feats = InstanceFeatures(self.layers)
         try:
-            with eval_frozen(self.teacher, self.student), self.bn_loss as bnl, feats:
+            with self.frozen_models(), self.bn_loss as bnl, feats:
                 for it in range(cfg.iterations):
                     x = gen(z)
                     g_view = spec.normalize(random_crop_flip(x, spec.crop_padding, spec.hflip))
@@ -142,6 +142,7 @@ class CMI(Synthesizer):
                         l_feat = feats.features()
                         terms["cr"] = cfg.cr * self._contrastive(l_feat, g_feat)
                     terms.update(self.step_terms(g_view, targets, t_out, s_out, it))
+                    terms = self.balance(terms, x, it)
                     loss = total_loss(terms, where="cmi synthesis", step=self.step)
                     value = float(loss.detach())
                     if value < best_loss or best_x is None:

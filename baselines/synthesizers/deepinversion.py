@@ -27,7 +27,7 @@ from .. import config as cfgmod
 from ..errors import ConfigError
 from ..hooks import detach_terms, total_loss
 from ..losses import BNStatLoss, adi_loss, bn_layers, inversion_terms, l2_norm, total_variation
-from .base import SynthesisResult, SynthesisSetup, Synthesizer, eval_frozen
+from .base import SynthesisResult, SynthesisSetup, Synthesizer
 
 
 def jitter_flip(x: Tensor, max_shift: int, flip: bool) -> Tensor:
@@ -104,7 +104,7 @@ class DeepInversion(Synthesizer):
         need_student = self.need_student(adv_on)
         best_loss, best_x, best_terms = math.inf, None, {}
         try:
-            with eval_frozen(self.teacher, self.student), self.bn_loss as bnl:
+            with self.frozen_models(), self.bn_loss as bnl:
                 for it in range(cfg.iterations):
                     xa = jitter_flip(x, max_shift, cfg.flip)
                     t_out, s_out = self.forward_pair(xa, need_student)
@@ -116,6 +116,7 @@ class DeepInversion(Synthesizer):
                     if cfg.l2 > 0:
                         terms["l2"] = cfg.l2 * l2_norm(x)
                     terms.update(self.step_terms(xa, targets, t_out, s_out, it))
+                    terms = self.balance(terms, x, it)
                     loss = total_loss(terms, where="deepinversion synthesis", step=self.step)
                     value = float(loss.detach())
                     if value < best_loss or best_x is None:
