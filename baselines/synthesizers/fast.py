@@ -27,8 +27,16 @@ weights oh 0.5, adv 1.33 are the ResNet-34 -> ResNet-18 script values (VGG-11: o
 adv 1.0; WRN: oh 0.4, adv 1.1). The generator keeps PyTorch's default initialization as the
 reference (``init_std > 0`` uses CMI's N(0, init_std) instead).
 
-Not ported: ``reset_l0`` (its condition in fast_meta.py is always true and would re-init
-every layer), the warm-up off-by-one (the reference counts calls from 1).
+Schedule (the reference ``datafree_kd.py``): during the ``warmup`` epochs the loop only
+synthesizes: no adversarial term, no KD step, the KD schedule is not stepped
+(:meth:`kd_warmup_epochs`, used by :func:`baselines.distill.distill` unless
+``distill.warmup`` is set). ``reset_l0`` (on in every Fast CIFAR script; fixed upstream in
+commit c188487, whose older copies had an always-true condition): once, at synthesize call
+120 + warmup = 140 of 220, the meta-generator's first linear layer (``l1.0``) and first
+block module (``conv_blocks.0``, a BatchNorm) get weights N(0, 0.02) and zero biases, as
+upstream. Here the call is scaled to the run's length: the first call of epoch
+``round(reset_l0_at * epochs)`` (reset_l0_at = 140/220). Not ported: the warm-up off-by-one
+(the reference counts calls from 1).
 """
 from __future__ import annotations
 
@@ -45,7 +53,7 @@ from ..errors import ConfigError
 from ..hooks import detach_terms, total_loss
 from ..losses import BNStatLoss, bn_layers, inversion_terms, masked_kl_adversarial
 from ..spec import random_crop_flip
-from .base import SynthesisResult, SynthesisSetup, Synthesizer, eval_frozen
+from .base import SynthesisResult, SynthesisSetup, Synthesizer
 from .generator import Generator, check_generator_size
 
 PRESETS: dict[str, tuple[int, float, float]] = {
@@ -76,7 +84,9 @@ class _FastBase(Synthesizer):
         bn_momentum: float = 0.9
         oh: float = 0.5
         adv: float = 1.33
-        warmup: int = 20  # epochs without the adversarial term
+        warmup: int = 20  # epochs without the adversarial term (and, by default, without KD)
+        reset_l0: bool = True  # re-initialize l1.0 and conv_blocks.0 once (reference scripts: on)
+        reset_l0_at: float = 140 / 220  # when, as a fraction of the run's epochs
 
         def resolved(self) -> tuple[int, float, float]:
             """(k, lr_g, lr_z): the preset's values with explicit overrides applied."""
@@ -101,6 +111,8 @@ class _FastBase(Synthesizer):
             cfgmod.nonneg(s, bn=self.bn, oh=self.oh, adv=self.adv, warmup=self.warmup,
                           init_std=self.init_std, bn_momentum=self.bn_momentum)
             cfgmod.require(self.bn_momentum < 1, f"{s}.bn_momentum = {self.bn_momentum} must be < 1.")
+            cfgmod.require(0 <= self.reset_l0_at <= 1,
+                           f"{s}.reset_l0_at = {self.reset_l0_at} must be a fraction of the run in [0, 1].")
             cfgmod.require(len(self.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas),
                            f"{s}.betas = {self.betas} must be two numbers in [0, 1).")
 
@@ -123,10 +135,26 @@ class _FastBase(Synthesizer):
         self.meta_opt = (torch.optim.Adam(self.generator.parameters(), lr=self.lr_g * self.k,
                                           betas=tuple(cfg.betas)) if self.meta else None)
         self._leaves: list[Tensor] = []
+        self.l0_reset_done = False
 
     def optimized_tensors(self) -> list[Tensor]:
         """The leaves the inner steps optimize (the clone's / generator's params, z)."""
         return list(self._leaves)
+
+    def kd_warmup_epochs(self) -> int:
+        return int(self.cfg.warmup)
+
+    def reset_l0_epoch(self) -> int | None:
+        """The epoch whose first synthesize() call resets l0 (None: never / unknown length)."""
+        if not self.cfg.reset_l0 or self.total_epochs is None:
+            return None
+        return max(1, round(self.cfg.reset_l0_at * self.total_epochs))
+
+    def maybe_reset_l0(self) -> None:
+        at = self.reset_l0_epoch()
+        if at is not None and not self.l0_reset_done and self.epoch >= at:
+            self.generator.reset_first_layers()
+            self.l0_reset_done = True
 
     def adversarial_on(self) -> bool:
         return self.cfg.adv > 0 and self.epoch >= self.cfg.warmup
@@ -134,6 +162,7 @@ class _FastBase(Synthesizer):
     def synthesize(self) -> SynthesisResult:
         cfg, spec = self.cfg, self.spec
         t0 = time.perf_counter()
+        self.maybe_reset_l0()
         targets = self.random_targets(cfg.batch_size)
         gen = self.generator.clone() if self.meta else self.generator
         z = torch.randn(cfg.batch_size, cfg.nz, device=self.device).requires_grad_()
@@ -147,7 +176,7 @@ class _FastBase(Synthesizer):
         need_student = self.need_student(adv_on)
         best_loss, best_x, best_terms = math.inf, None, {}
         try:
-            with eval_frozen(self.teacher, self.student), self.bn_loss as bnl:
+            with self.frozen_models(), self.bn_loss as bnl:
                 for it in range(self.k):
                     x = gen(z)
                     xa = spec.normalize(random_crop_flip(x, spec.crop_padding, spec.hflip))
@@ -155,6 +184,7 @@ class _FastBase(Synthesizer):
                     terms = inversion_terms(cfg.bn, cfg.oh, cfg.adv if adv_on else 0.0, bnl, t_out,
                                             s_out, targets, masked_kl_adversarial)
                     terms.update(self.step_terms(xa, targets, t_out, s_out, it))
+                    terms = self.balance(terms, x, it)
                     loss = total_loss(terms, where=f"{self.name} synthesis", step=self.step)
                     value = float(loss.detach())
                     if value < best_loss or best_x is None:
@@ -193,7 +223,8 @@ class _FastBase(Synthesizer):
 
     # -- persistence -------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"generator": self.generator.state_dict(), "bn_loss": self.bn_loss.state_dict()}
+        state: dict[str, Any] = {"generator": self.generator.state_dict(), "bn_loss": self.bn_loss.state_dict(),
+                                 "l0_reset_done": self.l0_reset_done}
         if self.meta_opt is not None:
             state["meta_opt"] = self.meta_opt.state_dict()
         return state
@@ -203,6 +234,7 @@ class _FastBase(Synthesizer):
             return
         self.generator.load_state_dict(state["generator"])
         self.bn_loss.load_state_dict(state.get("bn_loss", {}))
+        self.l0_reset_done = bool(state.get("l0_reset_done", False))
         if self.meta_opt is not None and "meta_opt" in state:
             self.meta_opt.load_state_dict(state["meta_opt"])
 

@@ -75,6 +75,14 @@ class Generator(nn.Module):
                 nn.init.zeros_(m.bias)
                 m.reset_running_stats()
 
+    @torch.no_grad()
+    def reset_first_layers(self, std: float = 0.02) -> None:
+        """Fast-DFKD's ``reset_l0`` (upstream fix c188487): ``l1.0`` (the linear layer) and
+        ``conv_blocks.0`` (the first BatchNorm) get weights N(0, std) and zero biases."""
+        for m in (self.l1[0], self.conv_blocks[0]):
+            nn.init.normal_(m.weight, 0.0, std)
+            nn.init.zeros_(m.bias)
+
     def clone(self) -> "Generator":
         """An independent copy (parameters, buffers and mode), on the same device."""
         return copy.deepcopy(self)
