@@ -170,15 +170,37 @@ class SpikingStagedModel(StagedModel):
     The input image [N, C, H, W] is repeated T times ([T, N, C, H, W], direct encoding);
     modules run in multi-step mode; logits, features and pooled vectors are averaged over
     T. Neuron state is reset at the start of every forward, so no caller can forget it.
+
+    ``encode_once`` (default True): with direct encoding the stem's first, stateless module
+    (a ``SeqToANNContainer``, e.g. conv + BN) sees the same image at every time step, so it
+    runs once on [1, N, ...] and its output is broadcast over T (a view) instead of being
+    computed T times. The result is the same function (BatchNorm's batch statistics over T
+    identical copies equal those over one; only the running variance's n/(n-1) factor
+    differs, by < 1e-4 relative), at 1/T of that module's cost.
     """
 
     is_spiking = True
+    encode_once: bool = True
 
     def __init__(self, T: int = 4) -> None:
         super().__init__()
         if int(T) < 1:
             raise ValueError(f"T must be >= 1, got {T}")
         self.T = int(T)
+
+    def run_stem(self, x: Tensor) -> Tensor:
+        """The stem on the direct-encoded input: [N, C, H, W] -> [T, N, ...]."""
+        from spikingjelly.activation_based import layer
+
+        stem = self.stem
+        if (self.encode_once and isinstance(stem, nn.Sequential) and len(stem) > 0
+                and isinstance(stem[0], layer.SeqToANNContainer)):
+            h = stem[0](x.unsqueeze(0))
+            h = h.expand(self.T, *h.shape[1:])
+            for m in list(stem)[1:]:
+                h = m(h)
+            return h
+        return stem(x.unsqueeze(0).expand(self.T, *x.shape))
 
     def pool(self, h: Tensor) -> Tensor:  # [T, N, C, H, W] -> [T, N, C]
         return h.mean(dim=(-2, -1)) if h.dim() >= 5 else h
@@ -189,12 +211,11 @@ class SpikingStagedModel(StagedModel):
         from .spiking import MembraneRecorder
 
         functional.reset_net(self)
-        xs = x.unsqueeze(0).expand(self.T, *x.shape)  # direct encoding
         rec = MembraneRecorder(self) if record_spiking else None
         if rec is not None:
             rec.__enter__()
         try:
-            h = self.stem(xs)
+            h = self.run_stem(x)  # direct encoding
             feats = []
             for stage in self.stages:
                 h = stage(h)

@@ -63,6 +63,9 @@ class RunConfig:
         ``NAME@CHECKPOINT`` (the user's weights). teacher_epochs: None = the recipe's.
     T / neuron / surrogate: the spiking student's time steps, neuron ("lif", "if",
         "plif") and surrogate gradient (ANN students ignore them).
+    neuron_backend: "eager" (SpikingJelly as is) or "compiled" (the library's LIF / IF
+        recurrence through torch.compile on CPU: identical spikes, several times faster
+        after a one-off compile; see baselines.neuron_backend).
     train_subset / test_subset: use a deterministic random subset (None = all); the teacher
         is trained on the same training subset. val_size: labelled images carved out of the
         training set for model selection (0 = none); reported as val_acc.
@@ -82,6 +85,7 @@ class RunConfig:
     T: int = 4
     neuron: str = "lif"
     surrogate: str = "atan"
+    neuron_backend: str = "eager"
     synthesizer: str = "deepinversion"
     regularizers: list[str] = field(default_factory=list)
     seed: int = 0
@@ -106,6 +110,10 @@ class RunConfig:
                        f"run.device = {self.device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
         for name in self.regularizers:
             cfgmod.require(isinstance(name, str) and name != "", f"run.regularizers: bad name {name!r}")
+        from baselines.neuron_backend import BACKENDS
+
+        cfgmod.require(self.neuron_backend in BACKENDS,
+                       f"run.neuron_backend = {self.neuron_backend!r}: use one of {', '.join(BACKENDS)}.")
 
 
 def _distill_config_cls():
@@ -231,7 +239,8 @@ def prepare(cfg: dict[str, Any]) -> Prepared:
         rest, val = bundle.split_validation(run["val_size"], seed=DATA_SEED)
     student = STUDENTS.get(run["student"])(
         in_channels=spec.channels, num_classes=spec.num_classes, image_size=spec.image_size,
-        T=run["T"], neuron=run["neuron"], surrogate=run["surrogate"])
+        T=run["T"], neuron=run["neuron"], surrogate=run["surrogate"],
+        **({"neuron_backend": run["neuron_backend"]} if run["neuron_backend"] != "eager" else {}))
     regs = RegularizerSet([REGULARIZERS.get(n)(cfg[n], name=n) for n in run["regularizers"]])
     synth_cls = SYNTHESIZERS.get(run["synthesizer"])
     name, ckpt = parse_teacher_spec(run["teacher"])
@@ -268,7 +277,10 @@ def run_job(cfg: dict[str, Any], out_dir: str | None = None,
     regularizers (name + params), seed, teacher_acc, student_acc (last), student_acc_best,
     val_acc, agreement, firing_rate, sops_per_image, spiking (full metrics),
     images_synthesized, synthesis_seconds, distill_seconds, teacher_seconds, synth_timing,
-    synth_losses, diagnostics, history, peak_rss_mb, device, status ("ok" / "failed";
+    synth_losses, diagnostics, grad_norms (each term's gradient norm relative to the BN term's,
+    w.r.t. the images and the optimized tensors, mean over probed batches), synth_batches
+    (per synthesize() call: losses and gradient norms), kd_warmup_epochs, history,
+    peak_rss_mb, device, status ("ok" / "failed";
     "pruned" is written when a tuner prunes, then the exception propagates), error,
     error_type, traceback, config, config_hash, git_commit, versions, started, finished.
     """
@@ -291,6 +303,7 @@ def run_job(cfg: dict[str, Any], out_dir: str | None = None,
         "agreement": None, "firing_rate": None, "sops_per_image": None, "spiking": None,
         "images_synthesized": None, "synthesis_seconds": None, "distill_seconds": None,
         "total_seconds": None, "synth_timing": None, "synth_losses": None, "diagnostics": None,
+        "grad_norms": None, "synth_batches": None, "kd_warmup_epochs": None,
         "history": [], "n_train": None, "n_test": None, "n_val": None, "data_source": None,
         "peak_rss_mb": None, "device": None, "config": cfg, "config_hash": h,
         "git_commit": git_commit(), "versions": package_versions(), "started": now_iso(),
@@ -348,14 +361,16 @@ def _compute(cfg: dict[str, Any], prep: Prepared, row: dict[str, Any],
     row["teacher_acc"] = _nan_to_none(evaluate(teacher, *prep.test, spec, dcfg.eval_batch_size, device))
     student = prep.student.to(device)
     prep.regularizers.setup(teacher, student, spec)
-    setup = SynthesisSetup(teacher, student, spec, prep.regularizers, device, real=prep.train)
+    setup = SynthesisSetup(teacher, student, spec, prep.regularizers, device, real=prep.train,
+                           student_mode=dcfg.synthesis_student_mode, grad_probe_every=dcfg.grad_probe_every)
     synth = prep.synth_cls(setup, cfg[run["synthesizer"]])
     res = distill(synth, prep.test, dcfg, val=prep.val, on_eval=on_eval, progress=run["progress"])
     row.update(student_acc=_nan_to_none(res.student_acc), student_acc_best=_nan_to_none(res.student_acc_best),
                val_acc=res.val_acc, agreement=res.agreement, history=res.history,
                images_synthesized=res.images_synthesized, synthesis_seconds=res.synthesis_seconds,
                distill_seconds=res.distill_seconds, synth_timing=res.synth_timing,
-               synth_losses=res.synth_losses, diagnostics=res.diagnostics)
+               synth_losses=res.synth_losses, diagnostics=res.diagnostics, grad_norms=res.grad_norms,
+               synth_batches=res.synth_batches, kd_warmup_epochs=res.kd_warmup_epochs)
     if out_dir is not None:
         save_samples(synth, f"{out_dir}/samples.png")
     n = min(run["metrics_images"], len(prep.test[1]))

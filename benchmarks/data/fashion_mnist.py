@@ -5,7 +5,10 @@ Read from the four original IDX files (``.gz`` or uncompressed), looked for in o
 package path ``/usr/share/datasets/fashion-mnist/``, the default root
 (``$DFKD_DATA_ROOT`` or ``~/.cache/stars-dfkd/data``) and its ``FashionMNIST/raw/``; only
 with ``download=True`` does torchvision fetch them (into ``data_root`` or the default root).
-Images are zero-padded 28 -> 32 so CIFAR-style networks run unchanged. Nothing is cached.
+Images are zero-padded 28 -> 32 so CIFAR-style networks run unchanged (``fashion-mnist``),
+or kept at their native 28x28 (``fashion-mnist-28``: the same files, 0.77x the pixels, so
+every convolution of a small CNN costs 0.77x; the generators' 4x upsampling from 7x7 fits).
+Nothing is cached.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from .base import DatasetBundle
 from .idx import read_idx
 
 NAME = "fashion-mnist"
+NAME_28 = "fashion-mnist-28"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 FILES = {
     "train_x": "train-images-idx3-ubyte",
@@ -39,9 +43,9 @@ FIX = ("`apt-get install dataset-fashion-mnist` (Debian/Ubuntu; installs them in
        "or copy the four files into --data-root.")
 
 
-def spec() -> DataSpec:
-    return DataSpec(NAME, channels=1, image_size=28 + 2 * PAD, num_classes=NUM_CLASSES,
-                    mean=MEAN, std=STD, hflip=True, crop_padding=4)
+def spec(pad: int = PAD) -> DataSpec:
+    return DataSpec(NAME if pad == PAD else NAME_28, channels=1, image_size=28 + 2 * pad,
+                    num_classes=NUM_CLASSES, mean=MEAN, std=STD, hflip=True, crop_padding=4)
 
 
 def _find(directory: Path) -> dict[str, Path] | str:
@@ -69,8 +73,8 @@ def candidates(data_root: str | None) -> list[Path]:
     return dirs
 
 
-def read_dir(files: dict[str, Path]) -> DatasetBundle:
-    """Parse the four IDX files, check they agree, pad to 32x32."""
+def read_dir(files: dict[str, Path], pad: int = PAD) -> DatasetBundle:
+    """Parse the four IDX files, check they agree, zero-pad by ``pad`` on each side."""
     arrs = {k: read_idx(p, ndim=3 if k.endswith("_x") else 1) for k, p in files.items()}
     for split in ("train", "test"):
         x, y = arrs[f"{split}_x"], arrs[f"{split}_y"]
@@ -85,23 +89,23 @@ def read_dir(files: dict[str, Path]) -> DatasetBundle:
                             "not a Fashion-MNIST image file.")
 
     def images(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.pad(a, ((0, 0), (PAD, PAD), (PAD, PAD)))[:, None])
+        return torch.from_numpy(np.pad(a, ((0, 0), (pad, pad), (pad, pad)))[:, None])
 
     def labels(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a.astype(np.int64))
 
-    return DatasetBundle(spec(), images(arrs["train_x"]), labels(arrs["train_y"]),
+    return DatasetBundle(spec(pad), images(arrs["train_x"]), labels(arrs["train_y"]),
                          images(arrs["test_x"]), labels(arrs["test_y"]),
                          source=str(files["train_x"].parent))
 
 
-def load(data_root: str | None = None, download: bool = False) -> DatasetBundle:
+def load(data_root: str | None = None, download: bool = False, pad: int = PAD) -> DatasetBundle:
     """Fashion-MNIST as uint8 [N, 1, 32, 32] (zero-padded) with int64 labels."""
     looked = []
     for d in candidates(data_root):
         found = _find(d)
         if isinstance(found, dict):
-            return read_dir(found)
+            return read_dir(found, pad)
         looked.append(f"{d} ({found})")
     if not download:
         raise data_error(NAME, looked, LAYOUT, FIX)
@@ -119,4 +123,9 @@ def load(data_root: str | None = None, download: bool = False) -> DatasetBundle:
     if not isinstance(found, dict):
         raise data_error(NAME, looked + [f"{raw} ({found})"], LAYOUT, FIX,
                          cause="torchvision reported success but the raw files are not there")
-    return read_dir(found)
+    return read_dir(found, pad)
+
+
+def load_native(data_root: str | None = None, download: bool = False) -> DatasetBundle:
+    """Fashion-MNIST at its native 28x28: uint8 [N, 1, 28, 28] with int64 labels."""
+    return load(data_root, download, pad=0)

@@ -12,8 +12,9 @@ from typing import Any, Iterable
 
 from baselines.errors import ConfigError, closest
 
-# Keys every student factory receives; ANN factories registered as students ignore them.
-SPIKING_KEYS = ("T", "neuron", "surrogate")
+# Keys student factories receive (neuron_backend only when not "eager"); ANN factories
+# registered as students ignore them.
+SPIKING_KEYS = ("T", "neuron", "surrogate", "neuron_backend")
 
 
 def check_build_args(model: str, in_channels: int, num_classes: int, image_size: int,

@@ -47,19 +47,29 @@ SpikeFn = Callable[[], nn.Module]
 
 def neuron_factory(neuron: str = "lif", surrogate: str = "atan", tau: float = 2.0,
                    v_threshold: float = 1.0, v_reset: float | None = 0.0,
-                   detach_reset: bool = True, alpha: float | None = None) -> SpikeFn:
+                   detach_reset: bool = True, alpha: float | None = None,
+                   backend: str = "eager") -> SpikeFn:
     """A zero-argument constructor of multi-step neuron layers with these settings.
 
-    Raises UnknownNameError for a neuron / surrogate name outside NEURONS / SURROGATES.
+    backend: "eager" (SpikingJelly as is) or "compiled" (the library's own LIF / IF
+    recurrence through torch.compile on CPU tensors, :mod:`baselines.neuron_backend`;
+    bit-identical spikes; PLIF stays eager).
+    Raises UnknownNameError for a neuron / surrogate / backend name outside NEURONS /
+    SURROGATES / BACKENDS.
     """
     from spikingjelly.activation_based import neuron as sj_neuron
     from spikingjelly.activation_based import surrogate as sj_surrogate
+
+    from baselines.neuron_backend import BACKENDS, compiled, shared_surrogate
 
     nkey, skey = str(neuron).lower(), str(surrogate).lower()
     if nkey not in NEURONS:
         raise UnknownNameError("neuron", str(neuron), list(NEURONS))
     if skey not in SURROGATES:
         raise UnknownNameError("surrogate", str(surrogate), list(SURROGATES))
+    if str(backend).lower() not in BACKENDS:
+        raise UnknownNameError("neuron backend", str(backend), list(BACKENDS))
+    fast = str(backend).lower() == "compiled"
     if float(tau) <= 1.0 and nkey != "if":
         raise ConfigError(f"neuron tau must be > 1 (the decay is 1/tau), got {tau}.")
     if float(v_threshold) <= (0.0 if v_reset is None else float(v_reset)):
@@ -72,11 +82,15 @@ def neuron_factory(neuron: str = "lif", surrogate: str = "atan", tau: float = 2.
 
     def make() -> nn.Module:
         sg = sg_cls(**sg_kw)
+        if fast and nkey != "plif":
+            sg = shared_surrogate(sg_cls, float(sg.alpha))
         if nkey == "lif":
-            return sj_neuron.LIFNode(tau=float(tau), surrogate_function=sg, **common)
+            cls = compiled(sj_neuron.LIFNode) if fast else sj_neuron.LIFNode
+            return cls(tau=float(tau), surrogate_function=sg, **common)
         if nkey == "plif":
             return sj_neuron.ParametricLIFNode(init_tau=float(tau), surrogate_function=sg, **common)
-        return sj_neuron.IFNode(surrogate_function=sg, **common)
+        cls = compiled(sj_neuron.IFNode) if fast else sj_neuron.IFNode
+        return cls(surrogate_function=sg, **common)
 
     return make
 
@@ -228,10 +242,11 @@ class SpikingMobileNet(SpikingStagedModel):
 # --------------------------------------------------------------------------- factories
 def _spike(name: str, in_channels: int, num_classes: int, image_size: int, T: int, neuron: str,
            surrogate: str, kw: dict[str, Any], extra: tuple[str, ...] = ()) -> tuple[SpikeFn, dict]:
-    check_build_args(name, in_channels, num_classes, image_size, kw, (*NEURON_KEYS, *extra))
+    check_build_args(name, in_channels, num_classes, image_size, kw, (*NEURON_KEYS, "neuron_backend", *extra))
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
         raise ConfigError(f"{name}: T (time steps) must be a positive int, got {T!r}.")
-    spike = neuron_factory(neuron, surrogate, **{k: v for k, v in kw.items() if k in NEURON_KEYS})
+    spike = neuron_factory(neuron, surrogate, backend=kw.get("neuron_backend", "eager"),
+                           **{k: v for k, v in kw.items() if k in NEURON_KEYS})
     return spike, {k: v for k, v in kw.items() if k in extra}
 
 
