@@ -27,8 +27,10 @@ fresh draw from the updated generator, labelled with the teacher's argmax) to th
 which keeps at most ``pool_size`` images (oldest batches dropped; 0 = unbounded): at one
 small batch per round the pool would otherwise grow without bound.
 
-The teacher and the student are frozen and in eval mode during synthesis (no BN running
-statistic changes); the generator runs in train mode (batch statistics), as the references.
+The teacher and the student are frozen during synthesis (no BN running statistic changes);
+the teacher runs on its running statistics, the student as ``distill.synthesis_student_mode``
+says (default batch statistics, see :class:`~.base.SynthesisSetup`); the generator runs in
+train mode (batch statistics), as the references.
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ from ..hooks import detach_terms, total_loss
 from ..losses import BNStatLoss, bn_layers
 from ..models import ModelOutput
 from ..pool import ImagePool
-from .base import SynthesisResult, SynthesisSetup, Synthesizer, eval_frozen
+from .base import SynthesisResult, SynthesisSetup, Synthesizer
 from .generator import Generator, check_generator_size
 
 KDSource = Literal["generator", "pool"]
@@ -155,7 +157,7 @@ class GenerativeSynthesizer(Synthesizer):
         need_student = self.need_student(self.adversarial_on())
         terms: dict[str, Tensor] = {}
         try:
-            with eval_frozen(self.teacher, self.student):
+            with self.frozen_models():
                 with self.bn_loss if self.bn_loss is not None else nullcontext():
                     for it in range(cfg.iterations):
                         x = gen(self.latent(cfg.batch_size))
@@ -163,6 +165,7 @@ class GenerativeSynthesizer(Synthesizer):
                         t_out, s_out = self.forward_pair(xn, need_student)
                         terms = self.generator_terms(t_out, s_out, self.bn_loss)
                         terms.update(self.step_terms(xn, None, t_out, s_out, it))
+                        terms = self.balance(terms, x, it)
                         loss = total_loss(terms, where=f"{self.name} synthesis", step=self.step)
                         self.optimizer.zero_grad(set_to_none=True)
                         self.backward(loss)

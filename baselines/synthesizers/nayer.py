@@ -14,7 +14,8 @@ over G, BN and the noisy layers, takes ``g_steps`` steps on
 
     bn * L_bn(momentum 0.9) + oh * CE(t(x'), y) + adv * maskedKL(s(x'), t(x'))
 
-(x' = normalize(crop(pad 4) + flip of x); adv only once ``epoch >= warmup``), keeps the
+(x' = normalize(crop(pad 4) + flip of x); adv only once ``epoch >= warmup``; no KD step
+during the warm-up either, as the reference: :meth:`NAYER.kd_warmup_epochs`), keeps the
 lowest-loss step's images, and updates the BN-statistics EMA. The whole generator is
 rebuilt every ``g_life`` epochs (at the first call of an epoch e with e % g_life == 0 or
 (e - warmup) % g_life == 0, as the reference).
@@ -50,7 +51,7 @@ from ..errors import ConfigError
 from ..hooks import detach_terms, total_loss
 from ..losses import BNStatLoss, bn_layers, inversion_terms, masked_kl_adversarial
 from ..spec import random_crop_flip
-from .base import SynthesisResult, SynthesisSetup, Synthesizer, eval_frozen
+from .base import SynthesisResult, SynthesisSetup, Synthesizer
 from .generator import Generator, check_generator_size
 from .generative import check_betas
 
@@ -181,6 +182,12 @@ class NAYER(Synthesizer):
     def adversarial_on(self) -> bool:
         return self.cfg.adv > 0 and self.epoch >= self.cfg.warmup
 
+    def kd_warmup_epochs(self) -> int:
+        """The reference trains the student only once ``epoch >= warmup`` (and steps its
+        schedule only then), so the warm-up epochs synthesize only (unless
+        ``distill.warmup`` is set)."""
+        return int(self.cfg.warmup)
+
     def balanced_targets(self) -> Tensor:
         """Every class floor(B / K) times (in order), then B mod K random labels."""
         b, k = self.cfg.batch_size, self.spec.num_classes
@@ -208,7 +215,7 @@ class NAYER(Synthesizer):
         need_student = self.need_student(adv_on)
         best_loss, best_x, best_terms = math.inf, None, {}
         try:
-            with eval_frozen(self.teacher, self.student), self.bn_loss as bnl:
+            with self.frozen_models(), self.bn_loss as bnl:
                 for it in range(cfg.g_steps):
                     x = gen(targets)
                     xa = spec.normalize(random_crop_flip(x, spec.crop_padding, spec.hflip))
@@ -216,6 +223,7 @@ class NAYER(Synthesizer):
                     terms = inversion_terms(cfg.bn, cfg.oh, cfg.adv if adv_on else 0.0, bnl, t_out,
                                             s_out, targets, masked_kl_adversarial)
                     terms.update(self.step_terms(xa, targets, t_out, s_out, it))
+                    terms = self.balance(terms, x, it)
                     loss = total_loss(terms, where="nayer synthesis", step=self.step)
                     value = float(loss.detach())
                     if value < best_loss or best_x is None:
