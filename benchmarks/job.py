@@ -66,6 +66,8 @@ class RunConfig:
     neuron_backend: "eager" (SpikingJelly as is) or "compiled" (the library's LIF / IF
         recurrence through torch.compile on CPU: identical spikes, several times faster
         after a one-off compile; see baselines.neuron_backend).
+    student_args: extra keyword arguments of the student factory (e.g. ``width`` of the
+        small CNN, ``bn_weight``: the initial BatchNorm scale of spiking students).
     train_subset / test_subset: use a deterministic random subset (None = all); the teacher
         is trained on the same training subset. val_size: labelled images carved out of the
         training set for model selection (0 = none); reported as val_acc.
@@ -86,6 +88,7 @@ class RunConfig:
     neuron: str = "lif"
     surrogate: str = "atan"
     neuron_backend: str = "eager"
+    student_args: dict[str, Any] = field(default_factory=dict)
     synthesizer: str = "deepinversion"
     regularizers: list[str] = field(default_factory=list)
     seed: int = 0
@@ -240,7 +243,8 @@ def prepare(cfg: dict[str, Any]) -> Prepared:
     student = STUDENTS.get(run["student"])(
         in_channels=spec.channels, num_classes=spec.num_classes, image_size=spec.image_size,
         T=run["T"], neuron=run["neuron"], surrogate=run["surrogate"],
-        **({"neuron_backend": run["neuron_backend"]} if run["neuron_backend"] != "eager" else {}))
+        **({"neuron_backend": run["neuron_backend"]} if run["neuron_backend"] != "eager" else {}),
+        **run["student_args"])
     regs = RegularizerSet([REGULARIZERS.get(n)(cfg[n], name=n) for n in run["regularizers"]])
     synth_cls = SYNTHESIZERS.get(run["synthesizer"])
     name, ckpt = parse_teacher_spec(run["teacher"])

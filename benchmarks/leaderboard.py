@@ -19,6 +19,8 @@ here (regularized incomplete beta + bisection), without scipy.
 """
 from __future__ import annotations
 
+import json
+
 import math
 from pathlib import Path
 from typing import Any, Iterable
@@ -69,7 +71,7 @@ PUBLISHED: tuple[tuple[str, str, str, str, str, float], ...] = (
 )
 
 #: parts of a synthesize() call timed by the synthesizers (row["synth_timing"], seconds)
-TIMING_PARTS = ("teacher_forward", "student_forward", "backward", "regularizers", "other")
+TIMING_PARTS = ("teacher_forward", "student_forward", "backward", "regularizers", "grad_probe", "other")
 TIMING_COLUMNS = tuple(f"t_{p}" for p in TIMING_PARTS)
 NUMERIC = ("T", "seed", "teacher_acc", "student_acc", "student_acc_best", "val_acc", "agreement",
            "firing_rate", "sops_per_image", "images_synthesized", "synthesis_seconds", "distill_seconds",
@@ -79,7 +81,7 @@ COLUMNS = ("job_id", "label", "dataset", "teacher", "student", "pair", "T", "syn
            "seed", "status", "error", "teacher_acc", "student_acc", "student_acc_best", "val_acc", "agreement",
            "firing_rate", "sops_per_image", "images_synthesized", "synthesis_seconds", "distill_seconds",
            "synth_s_per_image", "peak_rss_mb", "job_seconds", "device", "epochs", "kd_steps", "synth_batches",
-           "batch_size", "train_subset", "test_subset", "git_commit", "config_hash") + TIMING_COLUMNS
+           "batch_size", "train_subset", "test_subset", "git_commit", "config_hash", "grad_norms") + TIMING_COLUMNS
 
 
 # --------------------------------------------------------------------------- statistics
@@ -393,6 +395,30 @@ def cost_table(ok: pd.DataFrame, dataset: str) -> pd.DataFrame:
     return pd.DataFrame(recs)
 
 
+def gradshare_table(ok: pd.DataFrame, dataset: str, where: str = "params") -> pd.DataFrame:
+    """Each synthesis term's gradient norm relative to the BN-statistics term's, w.r.t. the
+    optimized tensors (``where = "params"``: pixels for DeepInversion, generator + latent for
+    the generative methods) or the images, at the probed steps (row ``grad_norms``, the mean
+    over probed batches), averaged over the cell's seeds. 1.0 = as strong as BN."""
+    d = ok[(ok["dataset"] == dataset) & ~ok["synthesizer"].isin(REFERENCE_SYNTHS)]
+    recs, terms = [], set()
+    for (pair, synth, regs), g in d.groupby(["pair", "synthesizer", "regularizers"], sort=True):
+        vals: dict[str, list[float]] = {}
+        for gn in g["grad_norms"]:
+            if isinstance(gn, dict):
+                for k, v in gn.items():
+                    w, _, term = k.partition("/")
+                    if w == where and term != "bn":
+                        vals.setdefault(term, []).extend(_finite([v]))
+        if not vals:
+            continue
+        terms |= set(vals)
+        recs.append({"pair": pair, "synthesizer": synth, "regularizers": regs,
+                     **{t: f"{_mean(v):.3g}" for t, v in vals.items() if v}})
+    cols = ["pair", "synthesizer", "regularizers", *sorted(terms)]
+    return pd.DataFrame(recs, columns=cols).fillna("-") if recs else pd.DataFrame()
+
+
 def settings_table(df: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Budgets actually used per synthesizer (from the rows' configs)."""
     d = df[df["dataset"] == dataset]
@@ -441,6 +467,12 @@ def leaderboard_markdown(df: pd.DataFrame, title: str = "Leaderboard",
                     "Seconds per synthesized image and where the synthesize() time went (summed over "
                     "seeds; on a GPU the parts are timed without synchronization, so read them loosely).",
                     "", md_table(cost), ""]
+        shares = gradshare_table(ok, ds)
+        if len(shares):
+            out += [f"### {ds}: gradient shares", "",
+                    "Each term's gradient norm w.r.t. what synthesis optimizes (pixels, or generator + "
+                    "latent), relative to the BN-statistics term's, at the first inner step of the probed "
+                    "synthesize() calls (mean over batches and seeds).", "", md_table(shares), ""]
         out += [f"### {ds}: settings", "", md_table(settings_table(df, ds)), ""]
     f = failed_table(df)
     out += ["## Failed runs", ""]
@@ -465,12 +497,14 @@ def write_report(out: str | Path, plots: bool = True) -> dict[str, Any]:
         raise ConfigError(f"{out} has no rows ({out / 'rows'}/*.json); run `dfkd bench --out {out}` first.")
     df = frame(rows)
     paths: dict[str, Any] = {}
-    df.to_csv(out / "results.csv", index=False)
+    flat = df.assign(grad_norms=[json.dumps(v, sort_keys=True) if isinstance(v, dict) else None
+                                 for v in df["grad_norms"]])
+    flat.to_csv(out / "results.csv", index=False)
     paths["csv"] = out / "results.csv"
     try:
         import pyarrow  # noqa: F401
 
-        df.to_parquet(out / "results.parquet", index=False)
+        flat.to_parquet(out / "results.parquet", index=False)
         paths["parquet"] = out / "results.parquet"
     except ImportError:
         pass

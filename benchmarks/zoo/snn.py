@@ -242,7 +242,8 @@ class SpikingMobileNet(SpikingStagedModel):
 # --------------------------------------------------------------------------- factories
 def _spike(name: str, in_channels: int, num_classes: int, image_size: int, T: int, neuron: str,
            surrogate: str, kw: dict[str, Any], extra: tuple[str, ...] = ()) -> tuple[SpikeFn, dict]:
-    check_build_args(name, in_channels, num_classes, image_size, kw, (*NEURON_KEYS, "neuron_backend", *extra))
+    check_build_args(name, in_channels, num_classes, image_size, kw,
+                     (*NEURON_KEYS, "neuron_backend", "bn_weight", *extra))
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
         raise ConfigError(f"{name}: T (time steps) must be a positive int, got {T!r}.")
     spike = neuron_factory(neuron, surrogate, backend=kw.get("neuron_backend", "eager"),
@@ -250,12 +251,26 @@ def _spike(name: str, in_channels: int, num_classes: int, image_size: int, T: in
     return spike, {k: v for k, v in kw.items() if k in extra}
 
 
+def _finish(model: SpikingStagedModel, kw: dict[str, Any]) -> SpikingStagedModel:
+    """Apply the build options common to every student: ``bn_weight`` (initial BatchNorm
+    scale gamma; default 1.0). A larger gamma makes a freshly built student fire more
+    (pre-activations ~ N(0, gamma^2) against V_th = 1)."""
+    if "bn_weight" in kw:
+        w = kw["bn_weight"]
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or w <= 0:
+            raise ConfigError(f"bn_weight must be a positive number, got {w!r}.")
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, float(w))
+    return model
+
+
 def spiking_small_cnn(in_channels: int = 3, num_classes: int = 10, image_size: int = 32, T: int = 4,
                       neuron: str = "lif", surrogate: str = "atan", **kw) -> SpikingStagedModel:
     """Spiking small CNN, 4 conv-BN-LIF (3 stages, ~0.1M params; kw: width=32) for CPU runs."""
     spike, extra = _spike("spiking_small_cnn", in_channels, num_classes, image_size, T, neuron,
                           surrogate, kw, ("width",))
-    return SpikingSmallCNN(in_channels, num_classes, T, spike, **extra)
+    return _finish(SpikingSmallCNN(in_channels, num_classes, T, spike, **extra), kw)
 
 
 def spiking_small_cnn_avg(in_channels: int = 3, num_classes: int = 10, image_size: int = 32, T: int = 4,
@@ -263,32 +278,32 @@ def spiking_small_cnn_avg(in_channels: int = 3, num_classes: int = 10, image_siz
     """Spiking small CNN with 2x2 average pooling instead of max-pooling (NIR-exportable)."""
     spike, extra = _spike("spiking_small_cnn_avg", in_channels, num_classes, image_size, T, neuron,
                           surrogate, kw, ("width",))
-    return SpikingSmallCNN(in_channels, num_classes, T, spike, pool="avg", **extra)
+    return _finish(SpikingSmallCNN(in_channels, num_classes, T, spike, pool="avg", **extra), kw)
 
 
 def spiking_resnet18(in_channels: int = 3, num_classes: int = 10, image_size: int = 32, T: int = 4,
                      neuron: str = "lif", surrogate: str = "atan", **kw) -> SpikingStagedModel:
     """Spiking ResNet-18, CIFAR variant (spiking basic blocks, 4 stages, 11.2M params)."""
     spike, _ = _spike("spiking_resnet18", in_channels, num_classes, image_size, T, neuron, surrogate, kw)
-    return SpikingResNet((2, 2, 2, 2), (64, 128, 256, 512), in_channels, num_classes, T, spike)
+    return _finish(SpikingResNet((2, 2, 2, 2), (64, 128, 256, 512), in_channels, num_classes, T, spike), kw)
 
 
 def spiking_resnet19(in_channels: int = 3, num_classes: int = 10, image_size: int = 32, T: int = 4,
                      neuron: str = "lif", surrogate: str = "atan", **kw) -> SpikingStagedModel:
     """Spiking ResNet-19 (Zheng et al. 2021: 3/3/2 blocks, widths 128/256/512, 3 stages)."""
     spike, _ = _spike("spiking_resnet19", in_channels, num_classes, image_size, T, neuron, surrogate, kw)
-    return SpikingResNet((3, 3, 2), (128, 256, 512), in_channels, num_classes, T, spike)
+    return _finish(SpikingResNet((3, 3, 2), (128, 256, 512), in_channels, num_classes, T, spike), kw)
 
 
 def spiking_vgg11(in_channels: int = 3, num_classes: int = 10, image_size: int = 32, T: int = 4,
                   neuron: str = "lif", surrogate: str = "atan", **kw) -> SpikingStagedModel:
     """Spiking VGG-11 with BN (5 conv stages each ended by max-pool, linear head)."""
     spike, _ = _spike("spiking_vgg11", in_channels, num_classes, image_size, T, neuron, surrogate, kw)
-    return SpikingVGG(SVGG11_CFG, in_channels, num_classes, T, spike)
+    return _finish(SpikingVGG(SVGG11_CFG, in_channels, num_classes, T, spike), kw)
 
 
 def spiking_mobilenet(in_channels: int = 3, num_classes: int = 10, image_size: int = 32, T: int = 4,
                       neuron: str = "lif", surrogate: str = "atan", **kw) -> SpikingStagedModel:
     """Spiking MobileNetV1 (depthwise-separable conv-BN-LIF blocks, 4 stages, 3.2M params)."""
     spike, _ = _spike("spiking_mobilenet", in_channels, num_classes, image_size, T, neuron, surrogate, kw)
-    return SpikingMobileNet(in_channels, num_classes, T, spike)
+    return _finish(SpikingMobileNet(in_channels, num_classes, T, spike), kw)
