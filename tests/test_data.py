@@ -83,13 +83,16 @@ def test_fashion_mnist_from_data_root_gz(tmp_path, monkeypatch):
 
 
 def test_fashion_mnist_search_order(tmp_path, monkeypatch):
-    """data_root first, then the Debian directory, then the default root."""
+    """An explicit data_root is the only place looked (never a fallback); without one, the
+    Debian directory, then the default root."""
     monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "debian")
     write_fmnist(tmp_path / "debian", n_train=11, seed=1)
     write_fmnist(tmp_path / "default-root", n_train=12, seed=2)
     write_fmnist(tmp_path / "mine", n_train=13, seed=3)
     assert len(fashion_mnist.load(str(tmp_path / "mine")).train_y) == 13
-    assert len(fashion_mnist.load(str(tmp_path / "empty")).train_y) == 11
+    with pytest.raises(DataError, match="not found in the given data root") as ei:
+        fashion_mnist.load(str(tmp_path / "empty"))
+    assert str(tmp_path / "debian") + " (" not in str(ei.value)  # not looked in, only named as the alternative
     assert len(fashion_mnist.load().train_y) == 11
     monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "no-debian")
     b = fashion_mnist.load()
@@ -112,8 +115,13 @@ def test_fashion_mnist_missing_lists_places_and_fixes(tmp_path, monkeypatch):
     with pytest.raises(DataError) as ei:
         load_dataset("fashion-mnist", str(partial))
     msg = str(ei.value)
-    for place in (partial, partial / "FashionMNIST" / "raw", tmp_path / "no-debian", tmp_path / "default-root"):
-        assert str(place) in msg
+    for place in (partial, partial / "FashionMNIST" / "raw"):
+        assert f"  - {place} (" in msg
+    assert f"  - {tmp_path / 'default-root'}" not in msg  # an explicit root never falls back
+    with pytest.raises(DataError) as ei:
+        load_dataset("fashion-mnist")
+    for place in (tmp_path / "no-debian", tmp_path / "default-root", tmp_path / "default-root" / "FashionMNIST" / "raw"):
+        assert f"  - {place} (" in str(ei.value)
     assert "missing t10k-labels-idx1-ubyte" in msg
     assert "apt-get install dataset-fashion-mnist" in msg and "--download" in msg
     assert "train-images-idx3-ubyte.gz" in msg  # the layout
@@ -233,7 +241,11 @@ def test_cifar_missing_and_corrupt(tmp_path):
     with pytest.raises(DataError) as ei:
         cifar.load_cifar10(str(tmp_path))
     msg = str(ei.value)
-    assert str(tmp_path / "cifar-10-batches-py") in msg and str(tmp_path / "default-root") in msg
+    assert str(tmp_path / "cifar-10-batches-py") in msg and str(tmp_path / "default-root") not in msg
+    assert "not found in the given data root" in msg  # an explicit root is the only place looked
+    with pytest.raises(DataError) as ei:
+        cifar.load_cifar10()
+    assert str(tmp_path / "default-root" / "cifar-10-batches-py") in str(ei.value)
     assert "--download" in msg and "cifar-10-python.tar.gz" in msg and "data_batch_1" in msg
     write_cifar(tmp_path, cifar.CIFAR10)
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
@@ -349,12 +361,12 @@ def test_npz_grey_28_is_padded_and_stats_from_train(tmp_path):
     xtr = r.integers(0, 256, (30, 28, 28), dtype=np.uint8)
     xte = r.integers(0, 256, (12, 28, 28), dtype=np.uint8)
     p = tmp_path / "mine.npz"
-    np.savez(p, x_train=xtr, y_train=np.arange(30) % 3, x_test=xte, y_test=np.full(12, 6, np.uint8))
+    np.savez(p, x_train=xtr, y_train=np.arange(30) % 3, x_test=xte, y_test=np.full(12, 2, np.uint8))
     b = load_dataset("npz", str(p))
     assert b.train_x.shape == (30, 1, 32, 32) and b.test_x.shape == (12, 1, 32, 32)
     np.testing.assert_array_equal(b.test_x[:, 0, 2:30, 2:30].numpy(), xte)
     assert int(b.train_x[:, :, :2].sum()) == 0
-    assert b.spec.num_classes == 7 and b.test_y.dtype == torch.int64 and b.train_y.tolist()[:4] == [0, 1, 2, 0]
+    assert b.spec.num_classes == 3 and b.test_y.dtype == torch.int64 and b.train_y.tolist()[:4] == [0, 1, 2, 0]
     xf = xtr.astype(np.float64) / 255
     assert b.spec.mean[0] == pytest.approx(xf.mean(), abs=1e-6)
     assert b.spec.std[0] == pytest.approx(xf.std(), abs=1e-6)
@@ -401,6 +413,23 @@ def test_npz_errors_name_key_and_layout(tmp_path):
         npz.load(None)
 
 
+@pytest.mark.parametrize("y_train, y_test, match", [
+    ([0, 1, 2, 3, 4, 5] * 2, [6, 7, 8, 9], r"test label\(s\) 6\.\.9 do not occur among the training labels 0\.\.5"),
+    ([0, 1, 2, 3] * 3, [0, 1, 57], r"test label\(s\) 57 do not occur"),
+    ([0, 1, 3, 5] * 3, [0, 1], r"class\(es\) 2, 4 have no training images; classes must be contiguous"),
+    ([1, 2, 3] * 4, [1, 2], r"class\(es\) 0 have no training images"),
+])
+def test_npz_label_sets_are_validated(tmp_path, y_train, y_test, match):
+    """Test labels within the train labels, classes contiguous 0..K-1: a 6-class teacher
+    at 0% accuracy or a stray label making a 58-class model is refused before compute."""
+    p = tmp_path / "l.npz"
+    np.savez(p, x_train=np.zeros((len(y_train), 8, 8), np.uint8), y_train=np.array(y_train),
+             x_test=np.zeros((len(y_test), 8, 8), np.uint8), y_test=np.array(y_test))
+    with pytest.raises(DataError, match=match) as ei:
+        npz.load(str(p))
+    assert str(p) in str(ei.value)
+
+
 # ----------------------------------------------------------------------------- imagefolder
 def write_folder(root: Path, classes=("dog", "cat"), size=28, n=3, mode="L"):
     r = _rng()
@@ -438,6 +467,12 @@ def test_imagefolder_rgb_and_errors(tmp_path):
     (tmp_path / "b" / "test" / "bird").mkdir()
     with pytest.raises(DataError, match="bird do not exist in the train split"):
         imagefolder.load(str(tmp_path / "b"))
+    for split in ("train", "test"):  # an empty class folder is refused, in either split
+        write_folder(tmp_path / f"e-{split}", classes=("ant", "bee", "cat"))
+        for f in (tmp_path / f"e-{split}" / split / "bee").iterdir():
+            f.unlink()
+        with pytest.raises(DataError, match=r"bee: class folder holds no \.png/\.jpg/\.jpeg images"):
+            imagefolder.load(str(tmp_path / f"e-{split}"))
     (tmp_path / "c" / "train").mkdir(parents=True)
     with pytest.raises(DataError) as ei:
         imagefolder.load(str(tmp_path / "c"))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from baselines.errors import ConfigError
 from baselines.spec import DataSpec
 
 
@@ -26,7 +27,18 @@ class DatasetBundle:
     source: str = ""
 
     def subset(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> "DatasetBundle":
-        """A deterministic random subset (for quick runs and tests)."""
+        """A deterministic random subset (for quick runs and tests).
+
+        ``n`` equal to the split's size keeps it whole; a larger ``n`` is a ConfigError
+        (run.train_subset / run.test_subset asked for more images than exist), never
+        silently clamped."""
+        for n, y, key, split in ((n_train, self.train_y, "train_subset", "training"),
+                                 (n_test, self.test_y, "test_subset", "test")):
+            if n is not None and n > len(y):
+                raise ConfigError(
+                    f"run.{key} = {n} (--{key.replace('_', '-')}) is larger than the {split} set of {len(y)} "
+                    f"images of {self.spec.name} ({self.source or 'in memory'}); pass at most {len(y)}, or leave "
+                    "it unset to use every image.")
         g = torch.Generator().manual_seed(seed)
 
         def pick(x: Tensor, y: Tensor, n: int | None) -> tuple[Tensor, Tensor]:

@@ -5,7 +5,8 @@ Read from torchvision's layout of the official "python version" archives:
 ``<root>/cifar-100-python/{train, test}``: pickled dicts with ``b"data"`` (uint8 N x 3072,
 channel-major RGB) and ``b"labels"`` / ``b"fine_labels"``. The pickles are read with an
 unpickler that only admits numpy arrays, so a tampered file cannot run code. Looked for in
-``data_root`` then the default root (``$DFKD_DATA_ROOT`` or ``~/.cache/stars-dfkd/data``);
+``data_root`` only when it is given (never elsewhere), else in the default root
+(``$DFKD_DATA_ROOT`` or ``~/.cache/stars-dfkd/data``);
 ``download=True`` delegates to ``torchvision.datasets.CIFAR10/100(root, download=True)``.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from baselines.errors import DataError
 from baselines.spec import DataSpec
 
-from . import data_error, default_root
+from . import data_error, default_root, not_found_cause
 from .base import DatasetBundle
 
 
@@ -106,7 +107,7 @@ def read_folder(folder: Path, v: CifarVariant) -> DatasetBundle:
 
 
 def _load(v: CifarVariant, data_root: str | None, download: bool) -> DatasetBundle:
-    roots = ([Path(data_root).expanduser()] if data_root else []) + [default_root()]
+    roots = [Path(data_root).expanduser()] if data_root else [default_root()]  # explicit: only there
     layout = (f"<root>/{v.folder}/{{{', '.join((*v.train_files, v.test_file))}}} (torchvision's layout: "
               f"the extracted {v.url.rsplit('/', 1)[-1]})")
     fix = (f"pass --download (download=True) to fetch it with torchvision.datasets.{v.tv_class}, or download "
@@ -119,7 +120,7 @@ def _load(v: CifarVariant, data_root: str | None, download: bool) -> DatasetBund
             return read_folder(folder, v)
         looked.append(f"{folder} ({'no such directory' if missing is None else 'missing ' + ', '.join(missing)})")
     if not download:
-        raise data_error(v.name, looked, layout, fix)
+        raise data_error(v.name, looked, layout, fix, cause=not_found_cause(data_root))
     root = roots[0]
     try:
         import torchvision.datasets as tvd

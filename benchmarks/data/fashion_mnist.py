@@ -1,9 +1,10 @@
 """Fashion-MNIST (Xiao et al., 2017, arXiv:1708.07747): 60k/10k grey 28x28 images, 10 classes.
 
-Read from the four original IDX files (``.gz`` or uncompressed), looked for in order:
-``<data_root>/``, ``<data_root>/FashionMNIST/raw/`` (torchvision's layout), the Debian
-package path ``/usr/share/datasets/fashion-mnist/``, the default root
-(``$DFKD_DATA_ROOT`` or ``~/.cache/stars-dfkd/data``) and its ``FashionMNIST/raw/``; only
+Read from the four original IDX files (``.gz`` or uncompressed). An explicit ``data_root``
+is the only place looked: ``<data_root>/`` and ``<data_root>/FashionMNIST/raw/``
+(torchvision's layout); it never falls back to another copy. Without one, in order: the
+Debian package path ``/usr/share/datasets/fashion-mnist/``, the default root
+(``$DFKD_DATA_ROOT`` or ``~/.cache/stars-dfkd/data``) and its ``FashionMNIST/raw/``. Only
 with ``download=True`` does torchvision fetch them (into ``data_root`` or the default root).
 Images are zero-padded 28 -> 32 so CIFAR-style networks run unchanged (``fashion-mnist``),
 or kept at their native 28x28 (``fashion-mnist-28``: the same files, 0.77x the pixels, so
@@ -20,7 +21,7 @@ import torch
 from baselines.errors import DataError
 from baselines.spec import DataSpec
 
-from . import data_error, default_root
+from . import data_error, default_root, not_found_cause
 from .base import DatasetBundle
 from .idx import read_idx
 
@@ -66,11 +67,13 @@ def _find(directory: Path) -> dict[str, Path] | str:
 
 
 def candidates(data_root: str | None) -> list[Path]:
-    """Directories searched, in order."""
-    dirs = []
-    for root in ([Path(data_root).expanduser()] if data_root else []) + [DEBIAN_DIR, default_root()]:
-        dirs += [root] if root == DEBIAN_DIR else [root, root / "FashionMNIST" / "raw"]
-    return dirs
+    """Directories searched, in order: an explicit ``data_root`` and its torchvision sub-layout
+    only (never another place); without one, the Debian directory, then the default root."""
+    if data_root:
+        root = Path(data_root).expanduser()
+        return [root, root / "FashionMNIST" / "raw"]
+    root = default_root()
+    return [DEBIAN_DIR, root, root / "FashionMNIST" / "raw"]
 
 
 def read_dir(files: dict[str, Path], pad: int = PAD) -> DatasetBundle:
@@ -108,7 +111,8 @@ def load(data_root: str | None = None, download: bool = False, pad: int = PAD) -
             return read_dir(found, pad)
         looked.append(f"{d} ({found})")
     if not download:
-        raise data_error(NAME, looked, LAYOUT, FIX)
+        raise data_error(NAME, looked, LAYOUT, FIX,
+                         cause=not_found_cause(data_root, f"{DEBIAN_DIR} and the default root"))
     root = Path(data_root).expanduser() if data_root else default_root()
     try:
         from torchvision.datasets import FashionMNIST

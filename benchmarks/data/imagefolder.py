@@ -2,7 +2,7 @@
 
 ``data_root/train/<class>/*.{png,jpg,jpeg}`` and ``data_root/test/<class>/...``; classes
 are the train sub-directories sorted by name (label i = i-th name), and every test class
-must be one of them. All images must be square and of one size; the size policy is the
+must be one of them; no class folder may be empty (DataError naming it). All images must be square and of one size; the size policy is the
 npz one (28 -> zero-padded 32, 32/64 kept, other sizes resized bilinearly to 32). Images
 are read as grey (1 channel) when every file is grey, otherwise as RGB (alpha dropped).
 Normalization mean/std are computed per channel from the training images.
@@ -10,7 +10,6 @@ Normalization mean/std are computed per channel from the training images.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -92,6 +91,10 @@ def list_split(split_dir: Path, classes: list[str] | None = None) -> tuple[list[
     paths, labels = [], []
     for c in found:
         files = sorted(f for f in (split_dir / c).iterdir() if f.is_file() and f.suffix.lower() in EXTS)
+        if not files:
+            raise DataError(f"{split_dir / c}: class folder holds no {'/'.join(EXTS)} images; every class folder "
+                            "needs at least one image (an empty class cannot be learned or tested). Add images "
+                            "or remove the folder.")
         paths += files
         labels += [index[c]] * len(files)
     return paths, labels, classes
@@ -115,6 +118,4 @@ def load(data_root: str | None = None, download: bool = False) -> DatasetBundle:
     ex = read_images(te_paths, mode, size=tx.shape[-1])
     b = bundle_from_arrays(f"imagefolder-{root.resolve().name}", tx, np.asarray(tr_labels), ex,
                            np.asarray(te_labels), source=str(root))
-    if b.spec.num_classes < len(classes):  # trailing classes without train images still count
-        b.spec = replace(b.spec, num_classes=len(classes))
     return b

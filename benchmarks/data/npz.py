@@ -6,7 +6,9 @@ integer ``N``. Size policy (shared with ``imagefolder``), square images only:
 28x28 is zero-padded to 32x32 (as Fashion-MNIST); 32 and 64 are kept; any other size is
 resized to 32x32 with bilinear interpolation (antialiased when shrinking).
 Normalization mean/std are computed per channel from ``x_train`` as given (before padding
-or resizing); ``num_classes`` = largest label + 1; ``hflip`` defaults to True.
+or resizing); ``num_classes`` = K, the largest training label + 1; labels are validated
+(:func:`check_labels`): classes 0..K-1 each present in the training split, every test
+label among them; ``hflip`` defaults to True.
 """
 from __future__ import annotations
 
@@ -92,6 +94,49 @@ def to_nchw(x: np.ndarray, what: str) -> np.ndarray:
     return x
 
 
+def _ranges(vals: list[int], limit: int = 8) -> str:
+    """"3, 5, 7..9" style list of sorted ints (at most ``limit`` items shown)."""
+    parts, i = [], 0
+    while i < len(vals):
+        j = i
+        while j + 1 < len(vals) and vals[j + 1] == vals[j] + 1:
+            j += 1
+        parts.append(str(vals[i]) if i == j else f"{vals[i]}..{vals[j]}")
+        i = j + 1
+    return ", ".join(parts[:limit]) + (f", ... ({len(vals)} in all)" if len(parts) > limit else "")
+
+
+def check_labels(y_train: np.ndarray, y_test: np.ndarray, source: str) -> int:
+    """Validate a labelled split and return K, the number of classes.
+
+    Labels must be integers 0..K-1 with K = the largest training label + 1, every class
+    0..K-1 present in the training split (contiguous classes), and every test label one of
+    the training labels; anything else raises DataError saying which labels are wrong and
+    how to fix them (a model trained on K classes can never predict a class it did not see;
+    one stray label would add a class)."""
+    ytr, yte = (np.asarray(y).astype(np.int64).reshape(-1) for y in (y_train, y_test))
+    for y, what in ((ytr, "train"), (yte, "test")):
+        if y.size and y.min() < 0:
+            raise DataError(f"{source}: negative {what} label {int(y.min())}; labels must be 0..K-1.")
+    if not ytr.size:
+        raise DataError(f"{source}: the training split has no labels.")
+    present = np.unique(ytr)
+    k = int(present[-1]) + 1
+    if len(present) != k:
+        gaps = sorted(set(range(k)) - set(present.tolist()))
+        raise DataError(
+            f"{source}: training labels span 0..{k - 1} but class(es) {_ranges(gaps)} have no training images; "
+            f"classes must be contiguous 0..K-1, each with training images. Relabel them "
+            "(e.g. labels = numpy.unique(y_train, return_inverse=True)[1], applied to both splits).")
+    extra = sorted(set(np.unique(yte).tolist()) - set(present.tolist()))
+    if extra:
+        raise DataError(
+            f"{source}: test label(s) {_ranges(extra)} do not occur among the training labels 0..{k - 1}; "
+            "a model trained on the training classes can never predict them. Use the same label "
+            "numbering in both splits, or drop those test images.")
+    return k
+
+
 def bundle_from_arrays(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
                        y_test: np.ndarray, source: str, hflip: bool = True) -> DatasetBundle:
     """uint8 [N, C, S, S] images + integer labels -> DatasetBundle (size policy, stats from train)."""
@@ -100,14 +145,9 @@ def bundle_from_arrays(name: str, x_train: np.ndarray, y_train: np.ndarray, x_te
                         f"{tuple(x_test.shape[1:])}; both splits must share channels and size.")
     if len(x_train) == 0 or len(x_test) == 0:
         raise DataError(f"{source}: empty split ({len(x_train)} train, {len(x_test)} test images).")
-    labels = []
-    for y, what in ((y_train, "train"), (y_test, "test")):
-        y = np.asarray(y).astype(np.int64)
-        if y.size and y.min() < 0:
-            raise DataError(f"{source}: negative {what} label {int(y.min())}; labels must be 0..K-1.")
-        labels.append(torch.from_numpy(y))
+    k = check_labels(y_train, y_test, source)
+    labels = [torch.from_numpy(np.asarray(y).astype(np.int64)) for y in (y_train, y_test)]
     mean, std = channel_stats(x_train)
-    k = int(max(labels[0].max(), labels[1].max())) + 1
     size = target_size(x_train.shape[-1])
     spec = DataSpec(name, channels=int(x_train.shape[1]), image_size=size, num_classes=k, mean=mean, std=std,
                     hflip=hflip, crop_padding=4)

@@ -7,7 +7,8 @@ test split (the official test split has no labels). Classes = the wnids of ``wni
 sorted by name (torchvision ImageFolder order, as the DFKD references use), so
 ``num_classes`` is however many it lists. Grey JPEGs are converted to RGB. Normalization:
 the ImageNet mean/std, as the CMI / Fast-DFKD harnesses use for Tiny-ImageNet.
-No package or torchvision class ships it, so ``download=True`` cannot help: the error
+Looked for in ``data_root`` only when it is given (never elsewhere; the root may also be
+the tree itself), else in the default root. No package or torchvision class ships it, so ``download=True`` cannot help: the error
 says where to get it. Decoding 110k JPEGs takes tens of seconds.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from baselines.errors import DataError
 from baselines.spec import DataSpec
 
-from . import data_error, default_root
+from . import data_error, default_root, not_found_cause
 from .base import DatasetBundle
 from .imagefolder import read_images
 
@@ -84,12 +85,12 @@ def read_tree(folder: Path) -> DatasetBundle:
 def load(data_root: str | None = None, download: bool = False) -> DatasetBundle:
     """Tiny-ImageNet as uint8 [N, 3, 64, 64] with int64 labels; ``download`` cannot help (see FIX)."""
     looked = []
-    for root in ([Path(data_root).expanduser()] if data_root else []) + [default_root()]:
+    for root in [Path(data_root).expanduser()] if data_root else [default_root()]:  # explicit: only there
         # also accept a root that is the tree itself (has wnids.txt)
         for folder in [root / FOLDER] + ([root] if (root / "wnids.txt").is_file() else []):
             why = _problem(folder)
             if why is None:
                 return read_tree(folder)
             looked.append(f"{folder} ({why})")
-    cause = "dataset files not found" + ("; --download cannot fetch Tiny-ImageNet" if download else "")
+    cause = not_found_cause(data_root) + ("; --download cannot fetch Tiny-ImageNet" if download else "")
     raise data_error(NAME, looked, LAYOUT, FIX, cause=cause)
