@@ -398,11 +398,17 @@ def check_state_dict(model: nn.Module, state: dict[str, Tensor], model_name: str
     if not (missing or unexpected or shapes):
         return
     parts: list[str] = []
-    c_conv, m_conv = _first(state, 4), _first(own, 4)
-    if c_conv and m_conv and c_conv[1].shape[1] != m_conv[1].shape[1]:
+    # in_channels / num_classes are read from the tensors the model's first convolution and
+    # last linear layer load from; when such a key is missing (reported below) nothing is
+    # inferred, except for a checkpoint sharing no key with the model (another layout),
+    # whose first convolution / last linear layer are the best guess.
+    foreign = not any(k in own for k in state)
+    m_conv, m_fc = _first(own, 4), _first(own, 2, last=True)
+    c_conv = (m_conv[0], state[m_conv[0]]) if m_conv and m_conv[0] in state else _first(state, 4) if foreign else None
+    c_fc = (m_fc[0], state[m_fc[0]]) if m_fc and m_fc[0] in state else _first(state, 2, last=True) if foreign else None
+    if c_conv and m_conv and c_conv[1].dim() == 4 and c_conv[1].shape[1] != m_conv[1].shape[1]:
         parts.append(f"in_channels {c_conv[1].shape[1]} vs {spec.channels} (checkpoint vs dataset)")
-    c_fc, m_fc = _first(state, 2, last=True), _first(own, 2, last=True)
-    if c_fc and m_fc and c_fc[1].shape[0] != m_fc[1].shape[0]:
+    if c_fc and m_fc and c_fc[1].dim() == 2 and c_fc[1].shape[0] != m_fc[1].shape[0]:
         parts.append(f"num_classes {c_fc[1].shape[0]} vs {spec.num_classes} (checkpoint vs dataset)")
     if shapes:
         shown = "; ".join(f"{k}: {a} in the checkpoint vs {b} in the model" for k, a, b in shapes[:6])

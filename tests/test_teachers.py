@@ -141,6 +141,22 @@ def test_misfit_checkpoint_names_what_differs(toy, tmp_path, arch, in_ch, n_cls,
         assert absent not in msg.split("):", 1)[1]  # what fits is not reported as differing
 
 
+@pytest.mark.parametrize("drop, present", [
+    ("stem.0.weight", "1 missing key(s): stem.0.weight"),
+    ("fc.weight", "1 missing key(s): fc.weight"),
+])
+def test_missing_key_is_reported_as_missing_not_as_a_shape(toy, tmp_path, drop, present):
+    """A checkpoint without its first convolution is not read as "in_channels 32 vs 1"
+    (the next convolution's input width): the missing key is what differs."""
+    state = TEACHERS.get("smallcnn")(in_channels=1, num_classes=4, image_size=toy.spec.image_size).state_dict()
+    state.pop(drop)
+    with pytest.raises(CheckpointError) as ei:
+        load_teacher_spec(f"smallcnn@{_save(state, tmp_path / 'x.pt')}", toy.spec)
+    msg = str(ei.value).split("):", 1)[1]
+    assert present in msg
+    assert "in_channels" not in msg and "num_classes" not in msg and "shape mismatch" not in msg
+
+
 def test_unreadable_or_foreign_checkpoints(toy, tmp_path):
     spec = toy.spec
     with pytest.raises(CheckpointError, match="does not exist"):
