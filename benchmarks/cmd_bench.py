@@ -1,4 +1,4 @@
-"""``dfkd bench``: run a benchmark preset (synthesizers x {without, with STARS} x pairs x seeds).
+"""``dfkd bench``: run a benchmark preset (synthesizers x regularizer sets x pairs x seeds).
 
 Expands the preset into jobs, checks every config, the output directory and the datasets
 before any compute, trains each teacher once, runs the jobs on an executor and writes
@@ -14,9 +14,9 @@ import sys
 
 def shipped_presets() -> list[str]:
     """Names of the presets in benchmarks/presets (read from the directory, so a new one is listed)."""
-    from pathlib import Path
+    from .preset import preset_names
 
-    return sorted(p.stem for p in (Path(__file__).resolve().parent / "presets").glob("*.toml"))
+    return preset_names()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,8 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "'*/deepinversion*/seed0' (repeatable; labels: see --dry-run)")
     p.add_argument("--dry-run", action="store_true", help="list the jobs with their state and estimated cost")
     p.add_argument("--retry-failed", action="store_true", help="re-run the jobs whose row is failed")
-    p.add_argument("--stars-params", metavar="FILE",
-                   help="TOML of regularizer sections (e.g. the tuner's [stars] alpha = ...) merged into "
+    p.add_argument("--params", "--stars-params", dest="params_file", metavar="FILE",
+                   help="TOML of regularizer sections (e.g. the tuner's best_params.toml) merged into "
                         "the preset's [params]")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value of every job that has the section (e.g. "
@@ -50,14 +50,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from .runner import BenchOptions, run_bench
+def options(args: argparse.Namespace):
+    """The BenchOptions of parsed arguments."""
+    from .runner import BenchOptions
 
-    opts = BenchOptions(preset=args.preset, out=args.out, executor=args.executor, workers=args.workers,
+    return BenchOptions(preset=args.preset, out=args.out, executor=args.executor, workers=args.workers,
                         only=list(args.only or []), dry_run=args.dry_run, retry_failed=args.retry_failed,
-                        stars_params=args.stars_params, sets=list(args.set or []), data_root=args.data_root,
+                        params_file=args.params_file, sets=list(args.set or []), data_root=args.data_root,
                         report=not args.no_report, argv=list(getattr(args, "argv", None) or sys.argv[1:]))
-    return run_bench(opts, log=lambda m: print(m, flush=True))
+
+
+def run(args: argparse.Namespace) -> int:
+    from .runner import run_bench
+
+    return run_bench(options(args), log=lambda m: print(m, flush=True))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,13 +17,14 @@ import sys
 from typing import Any
 
 
-HELP = "tune STARS' alpha, beta and percentile q with Optuna (never on the test set)"
+HELP = ("tune the preset's treatment regularizer with Optuna (STARS' alpha, beta and percentile q "
+        "by default; never on the test set)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--preset", required=True, help="preset name (benchmarks/presets/NAME.toml) "
                    "or a TOML file; its [tune] table may change the search space")
-    p.add_argument("--synthesizer", required=True, help="synthesizer that STARS is added to")
+    p.add_argument("--synthesizer", required=True, help="synthesizer the treatment is added to")
     p.add_argument("--pair", help="TEACHER:STUDENT (default: the preset's first pair)")
     p.add_argument("--trials", type=int, required=True,
                    help="COMPLETE + PRUNED trials the study should hold (re-runs resume)")
@@ -56,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    # seams passed to local worker processes (module:function); for tests and embedders
+    p.add_argument("--job-fn", help=argparse.SUPPRESS)
+    p.add_argument("--resolver", help=argparse.SUPPRESS)
     return p
 
 
@@ -74,7 +78,8 @@ def spec_from_args(args: argparse.Namespace):
         timeout=args.timeout, out=args.out, seed=args.seed, sets=list(args.sets or []),
         worker_only=args.worker_only, worker_index=args.worker_index, threads=args.threads,
         heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
-        max_failed=args.max_failed, final_test=args.final_test, plots=args.plots)
+        max_failed=args.max_failed, final_test=args.final_test, plots=args.plots,
+        job_fn=args.job_fn, resolver=args.resolver)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ the same preset with ``--set stars.tar_variant=seed``), tuned STARS parameters a
 defaults (``--stars-params``).
 
     dfkd compare A_DIR B_DIR [--label-a default --label-b tuned] [--regularizers stars]
-        [--out FILE.md]          (also: python -m benchmarks.compare ...)
+        [--out FILE.md]          (also: python -m benchmarks.cmd_compare ...)
 """
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ import pandas as pd
 
 from baselines.errors import DFKDError
 
-from .leaderboard import _by_seed, diff_ci, fmt_diff, fmt_ms, frame, load_rows, md_table, mean_std
+from .frame import by_seed as _by_seed, frame, load_rows
+from .stats import diff_ci, fmt_diff, fmt_ms, md_table, mean_std
+from .store import treatment_of
 
 KEYS = ["dataset", "pair", "synthesizer", "regularizers"]
 
@@ -27,7 +29,7 @@ def ok_frame(out: str | Path) -> pd.DataFrame:
     rows = load_rows(out)
     if not rows:
         raise DFKDError(f"{out} holds no rows (expected {out}/rows/<job_id>.json from dfkd bench).")
-    df = frame(rows)
+    df = frame(rows, treatment_of(out))
     return df[df["status"] == "ok"]
 
 
@@ -79,13 +81,3 @@ def compare_dirs(a_dir: str, b_dir: str, label_a: str = "A", label_b: str = "B",
     if out:
         Path(out).write_text(text)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from .cmd_compare import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -4,7 +4,8 @@ job arrays) or ``ray``.
 A job travels as a *spec*, a plain dict of names and a resolved config (never live
 objects), so every worker finds models, synthesizers and regularizers through the
 registries' entry points: ``{"job_id", "label", "kind", "cfg", "rows_dir", "job_dir",
-"threads", "job_fn"}``. :func:`execute` runs one spec in the worker, pins its torch
+"threads", "job_fn"}`` (``job_fn``: ``"module:function"`` replacing the job function, a seam
+the caller passes explicitly, e.g. a test's fake job; None runs ``run_job`` / ``run_scratch``). :func:`execute` runs one spec in the worker, pins its torch
 threads, never raises for a failed job, and writes the row itself (atomically), so a row
 survives even if the parent is killed right after.
 
@@ -15,6 +16,7 @@ initializer), so N workers never oversubscribe the CPU; ``submitit`` uses the jo
 """
 from __future__ import annotations
 
+import importlib
 import multiprocessing as mp
 import os
 import time
@@ -26,7 +28,9 @@ from typing import Any, Callable
 
 from baselines.errors import ConfigError, UnknownNameError
 
-from . import runner
+from .jobs import Job
+from .rows import ResultRow
+from .store import job_dir, read_row, rows_dir, write_row
 
 NAMES = ("local", "submitit", "ray")
 STARTED = "started"  # marker file in DIR/jobs/<id>/ while a worker runs the job
@@ -84,17 +88,36 @@ def check_executor(name: str) -> None:
             raise ConfigError("the ray executor needs Ray, an optional extra: pip install 'stars-dfkd[ray]'") from exc
 
 
-def job_spec(job: "runner.Job", out: str | Path, threads: int = 1) -> dict[str, Any]:
+def job_spec(job: Job, out: str | Path, threads: int = 1, job_fn: str | None = None) -> dict[str, Any]:
     """The picklable description of one job a worker receives."""
     return {"job_id": job.job_id, "label": job.label, "kind": job.kind, "cfg": job.cfg,
-            "rows_dir": str(runner.rows_dir(out)), "job_dir": str(runner.job_dir(out, job.job_id)),
-            "threads": threads, "job_fn": os.environ.get(runner.FAKE_ENV)}
+            "rows_dir": str(rows_dir(out)), "job_dir": str(job_dir(out, job.job_id)),
+            "threads": threads, "job_fn": job_fn}
 
 
-def summarize(spec: dict[str, Any], row: dict[str, Any]) -> Summary:
-    return {"job_id": spec["job_id"], "label": spec["label"], "status": row.get("status"),
-            "error": row.get("error"), "student_acc": row.get("student_acc"),
-            "seconds": row.get("job_seconds", 0.0)}
+def import_object(spec: str) -> Any:
+    """``"module:attr"`` -> the object."""
+    if ":" not in spec:
+        raise ConfigError(f"job function {spec!r}: expected module:function.")
+    mod, attr = spec.split(":", 1)
+    return getattr(importlib.import_module(mod), attr)
+
+
+def job_function(kind: str, override: str | None = None) -> Callable[..., dict[str, Any]]:
+    """The function a worker runs for a job of ``kind`` (``override`` = "module:function" first)."""
+    if override:
+        return import_object(override)
+    if kind == "scratch":
+        from .scratch import run_scratch
+
+        return run_scratch
+    from .job import run_job
+
+    return run_job
+
+
+def summarize(spec: dict[str, Any], row: ResultRow) -> Summary:
+    return dict(row.summary(), job_id=spec["job_id"], label=spec["label"])
 
 
 def execute(spec: dict[str, Any]) -> Summary:
@@ -106,29 +129,29 @@ def execute(spec: dict[str, Any]) -> Summary:
     marker.write_text(f"{os.getpid()} {time.time()}\n")
     t0 = time.perf_counter()
     try:
-        fn = runner.job_function(spec["kind"], spec.get("job_fn"))
-        row = fn(spec["cfg"], str(jdir))
-        if not isinstance(row, dict):
-            raise TypeError(f"job function returned {type(row).__name__}, not a row dict")
+        fn = job_function(spec["kind"], spec.get("job_fn"))
+        returned = fn(spec["cfg"], str(jdir))
+        if not isinstance(returned, dict):
+            raise TypeError(f"job function returned {type(returned).__name__}, not a row dict")
+        row = ResultRow.of_job(returned, spec, time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001 - a failed job must not stop the others
-        row = runner.failed_row(spec["cfg"], f"{type(exc).__name__}: {exc}")
-        row["traceback"] = traceback.format_exc(limit=20)
-    row = runner.finalize_row(row, spec, time.perf_counter() - t0)
-    runner.write_row(spec["rows_dir"], spec["job_id"], row)
+        failed = ResultRow.failed(spec["cfg"], f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=20))
+        row = ResultRow.of_job(failed.to_dict(), spec, time.perf_counter() - t0)
+    write_row(spec["rows_dir"], spec["job_id"], row)
     marker.unlink(missing_ok=True)
     return summarize(spec, row)
 
 
 def record_failure(spec: dict[str, Any], error: str) -> Summary:
     """Write a failed row for a job the executor lost (worker died, scheduler error)."""
-    row = runner.finalize_row(runner.failed_row(spec["cfg"], error), spec, 0.0)
-    runner.write_row(spec["rows_dir"], spec["job_id"], row)
+    row = ResultRow.of_job(ResultRow.failed(spec["cfg"], error).to_dict(), spec, 0.0)
+    write_row(spec["rows_dir"], spec["job_id"], row)
     (Path(spec["job_dir"]) / STARTED).unlink(missing_ok=True)
     return summarize(spec, row)
 
 
 def _row_summary(spec: dict[str, Any]) -> Summary | None:
-    row = runner.read_row(Path(spec["rows_dir"]) / f"{spec['job_id']}.json")
+    row = read_row(Path(spec["rows_dir"]) / f"{spec['job_id']}.json")
     return summarize(spec, row) if row is not None else None
 
 

@@ -290,7 +290,7 @@ def run_job(cfg: dict[str, Any], out_dir: str | None = None,
     """
     from baselines.provenance import git_commit, now_iso, package_versions, peak_rss_mb
 
-    from .teachers import write_json
+    from .store import atomic_write_json
 
     cfg = resolve_config(cfg)
     run = cfg["run"]
@@ -326,7 +326,7 @@ def run_job(cfg: dict[str, Any], out_dir: str | None = None,
         row.update(status=status, finished=now_iso(), peak_rss_mb=peak_rss_mb(),
                    total_seconds=time.perf_counter() - t_start)
         if out_dir is not None:
-            write_json(f"{out_dir}/result.json", row)
+            atomic_write_json(f"{out_dir}/result.json", row, indent=2)
         return row
 
     try:

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from .leaderboard import NONE, REFERENCE_SYNTHS, STARS
+from .frame import NONE, REFERENCE_SYNTHS, treatment_label
 REF_STYLE = {"teacher": ("black", "--"), "real": ("tab:green", ":"), "noise": ("tab:gray", "-."),
              "scratch": ("tab:purple", (0, (5, 2, 1, 2)))}
 REG_MARKERS = ("o", "^", "s", "D", "v", "P", "X")
@@ -38,7 +38,7 @@ def _plt():
 
 def _regsets(df: pd.DataFrame) -> list[str]:
     present = list(dict.fromkeys(df["regularizers"]))
-    order = [r for r in (NONE, STARS) if r in present]
+    order = [r for r in (NONE, treatment_label(df)) if r in present]
     return order + sorted(r for r in present if r not in order)
 
 

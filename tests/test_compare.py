@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from benchmarks import compare
+from benchmarks import cmd_compare, compare
 
 
 def _write(out, synth, regs, accs, status="ok"):
@@ -34,8 +34,8 @@ def test_failed_rows_are_left_out_and_empty_dirs_are_an_error(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     _write(a, "cmi", [], [10.0, 20.0])
     _write(b, "cmi", [], [11.0, 21.0], status="failed")
-    assert compare.main([str(a), str(b)]) == 1  # nothing ok in b: no common cell
-    assert compare.main([str(a), str(tmp_path / "missing")]) == 2
+    assert cmd_compare.main([str(a), str(b)]) == 1  # nothing ok in b: no common cell
+    assert cmd_compare.main([str(a), str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "holds no rows" in err
 

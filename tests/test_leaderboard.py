@@ -9,7 +9,10 @@ import pandas as pd
 import pytest
 
 from benchmarks import leaderboard as lb
-from benchmarks import plots, runner
+from benchmarks import plots, stats
+from benchmarks.jobs import job_label
+from benchmarks.store import write_row
+from baselines.config import config_hash
 
 BASELINES_MD = Path(__file__).resolve().parents[2] / "shared" / "reference" / "baselines.md"
 
@@ -18,41 +21,34 @@ BASELINES_MD = Path(__file__).resolve().parents[2] / "shared" / "reference" / "b
 @pytest.mark.parametrize("df,q", [(1, 12.7062), (2, 4.3027), (3, 3.1824), (4, 2.7764), (9, 2.2622),
                                   (29, 2.0452), (1000, 1.9623)])
 def test_t_quantile_matches_the_t_table(df, q):
-    assert lb.t_quantile(0.975, df) == pytest.approx(q, abs=1e-4)
-    assert lb.t_quantile(0.025, df) == pytest.approx(-q, abs=1e-4)
-
-
-def test_t_quantile_matches_scipy_for_real_df():
-    stats = pytest.importorskip("scipy.stats")
-    for df in (1.5, 3.7, 12.2, 55.0):
-        for p in (0.9, 0.95, 0.975, 0.995):
-            assert lb.t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-8)
+    assert stats.t_quantile(0.975, df) == pytest.approx(q, abs=1e-4)
+    assert stats.t_quantile(0.025, df) == pytest.approx(-q, abs=1e-4)
 
 
 def test_mean_std_is_the_sample_std():
-    assert lb.mean_std([80.0, 82.0, 84.0]) == (82.0, 2.0, 3)
-    m, s, n = lb.mean_std([70.0, None, float("nan")])
+    assert stats.mean_std([80.0, 82.0, 84.0]) == (82.0, 2.0, 3)
+    m, s, n = stats.mean_std([70.0, None, float("nan")])
     assert (m, n) == (70.0, 1) and math.isnan(s)
-    assert lb.mean_std([])[2] == 0
+    assert stats.mean_std([])[2] == 0
 
 
 def test_paired_difference_ci_by_hand():
     # d = (2, 3, 4): mean 3, sd 1, half-width t_{.975,2} / sqrt(3) = 4.302653 / 1.732051 = 2.484138
-    d = lb.diff_ci({0: 80.0, 1: 82.0, 2: 84.0}, {0: 78.0, 1: 79.0, 2: 80.0})
+    d = stats.diff_ci({0: 80.0, 1: 82.0, 2: 84.0}, {0: 78.0, 1: 79.0, 2: 80.0})
     assert d["method"] == "paired" and d["n"] == 3 and d["mean"] == pytest.approx(3.0)
     assert d["lo"] == pytest.approx(3 - 2.484138, abs=1e-5) and d["hi"] == pytest.approx(3 + 2.484138, abs=1e-5)
-    assert lb.fmt_diff(d) == "+3.00 [+0.52, +5.48] (paired, n=3)"
+    assert stats.fmt_diff(d) == "+3.00 [+0.52, +5.48] (paired, n=3)"
 
 
 def test_unpaired_difference_uses_welch_and_single_seeds_have_no_ci():
     # groups (1, 3) and (5, 9): diff -5, se = sqrt(2/2 + 8/2) = sqrt(5), Welch df = 25 / (1 + 16) = 1.470588
-    d = lb.diff_ci({0: 1.0, 1: 3.0}, {2: 5.0, 3: 9.0})
+    d = stats.diff_ci({0: 1.0, 1: 3.0}, {2: 5.0, 3: 9.0})
     assert d["method"] == "welch" and d["mean"] == pytest.approx(-5.0)
-    half = lb.t_quantile(0.975, 25 / 17) * math.sqrt(5)
+    half = stats.t_quantile(0.975, 25 / 17) * math.sqrt(5)
     assert d["hi"] - d["mean"] == pytest.approx(half)
-    one = lb.diff_ci({0: 61.0}, {0: 60.0})
-    assert one["mean"] == pytest.approx(1.0) and lb.fmt_diff(one) == "+1.00 (n<2: no CI)"
-    assert lb.fmt_diff(lb.diff_ci({0: 61.0}, {})) == "-"
+    one = stats.diff_ci({0: 61.0}, {0: 60.0})
+    assert one["mean"] == pytest.approx(1.0) and stats.fmt_diff(one) == "+1.00 (n<2: no CI)"
+    assert stats.fmt_diff(stats.diff_ci({0: 61.0}, {})) == "-"
 
 
 # --------------------------------------------------------------------------- rows -> tables
@@ -66,8 +62,8 @@ def row(synth, regs, seed, acc, dataset="fashion-mnist", teacher="smallcnn", stu
          "config": {"run": {"train_subset": 20000, "test_subset": 2000}, "distill": {"epochs": 4, "kd_steps": 10,
                                                                                     "synth_batches": 1, "batch_size": 64}}}
     r.update(kw)
-    r["job_label"] = runner.job_label(dataset, teacher, student, synth, regs, seed)
-    r["job_id"] = runner.config_hash({"l": r["job_label"]})
+    r["job_label"] = job_label(dataset, teacher, student, synth, regs, seed)
+    r["job_id"] = config_hash({"l": r["job_label"]})
     return r
 
 
@@ -94,24 +90,48 @@ def synthetic_rows() -> list[dict]:
 
 def write_rows(out: Path, rows: list[dict]) -> None:
     for r in rows:
-        runner.write_row(out / "rows", r["job_id"], r)
+        write_row(out / "rows", r["job_id"], r)
 
 
 def test_summary_table_numbers(tmp_path):
     df = lb.frame(synthetic_rows())
     t = lb.summary_table(df[df["status"] == "ok"], "fashion-mnist").set_index("synthesizer")
     di = t.loc["deepinversion"]
-    assert di["without STARS"] == "79.00 ± 1.00 (n=3)"
-    assert di["with STARS"] == "82.00 ± 2.00 (n=3)"
+    assert di["without stars"] == "79.00 ± 1.00 (n=3)"
+    assert di["with stars"] == "82.00 ± 2.00 (n=3)"
     assert di["difference (95% CI)"] == "+3.00 [+0.52, +5.48] (paired, n=3)"
     assert di["teacher"] == "90.00" and di["real KD"] == "89.00 ± 1.00 (n=3)"
     assert di["synth s/image (w/o / w/)"] == "0.400 / 0.500" and di["firing rate (w/o / w/)"] == "0.100 / 0.200"
-    assert t.loc["cmi"]["with STARS"] == "-" and t.loc["cmi"]["without STARS"] == "70.00 (n=1)"
-    assert t.loc["noise (reference)"]["without STARS"] == "20.00 (n=1)"
-    assert t.loc["scratch (reference)"]["without STARS"] == "85.00 (n=1)"
+    assert t.loc["cmi"]["with stars"] == "-" and t.loc["cmi"]["without stars"] == "70.00 (n=1)"
+    assert t.loc["noise (reference)"]["without stars"] == "20.00 (n=1)"
+    assert t.loc["scratch (reference)"]["without stars"] == "85.00 (n=1)"
     assert lb.PUBLISHED_SOURCE not in t.columns  # no published setting matches fashion-mnist
     c = lb.summary_table(df[df["status"] == "ok"], "cifar10").set_index("synthesizer")
     assert c.loc["deepinversion"][lb.PUBLISHED_SOURCE] == "93.26 (DeepInv-2k)"
+
+
+def test_teacher_column_counts_teachers_not_rows():
+    """3 seeds -> 3 teachers, whatever the number of rows per seed."""
+    rows = []
+    for seed, t_acc in enumerate([84.0, 85.0, 86.0]):
+        for synth, regs in (("deepinversion", []), ("deepinversion", ["stars"]), ("cmi", []), ("real", [])):
+            r = row(synth, regs, seed, 70.0, teacher_acc=t_acc)
+            r["config"] = {"run": {"seed": seed, "teacher_epochs": 2, "train_subset": None}}
+            rows.append(r)
+    df = lb.frame(rows)
+    t = lb.summary_table(df, "fashion-mnist").set_index("synthesizer")
+    assert t.loc["deepinversion"]["teacher"] == "85.00 ± 1.00 (n=3)"
+
+
+def test_treatment_names_the_with_columns():
+    """A third-party regularizer set as the treatment gets the same with / without table."""
+    rows = [row("deepinversion", regs, seed, acc) for seed in (0, 1)
+            for regs, acc in (([], 70.0 + seed), (["logit-norm"], 72.0 + 2 * seed), (["stars"], 50.0))]
+    df = lb.frame(rows, treatment=["logit-norm"])
+    t = lb.summary_table(df, "fashion-mnist").set_index("synthesizer")
+    assert t.loc["deepinversion"]["with logit-norm"] == "73.00 ± 1.41 (n=2)"
+    assert t.loc["deepinversion"]["difference (95% CI)"].startswith("+2.50")
+    assert "with logit-norm" in lb.leaderboard_markdown(df)
 
 
 def test_published_numbers_match_only_the_same_setting():

@@ -1,7 +1,7 @@
 """The benchmark runner: presets, job expansion, resumable rows, executors, bad input.
 
-Most tests run *fake* jobs through the real runner: ``DFKD_BENCH_FAKE_JOB=test_runner:fake_job``
-makes the runner (and its spawned workers, which inherit the environment and sys.path)
+Most tests run *fake* jobs through the real runner: ``BenchOptions(job_fn="test_runner:fake_job",
+resolve=resolve_config)`` makes the runner (and its spawned workers, which inherit sys.path)
 call :func:`fake_job` instead of ``run_job``, and this module's ``resolve_config`` instead
 of ``benchmarks.job.resolve_config``. The fake job appends one line per execution to
 ``$FAKE_COUNTER``, so tests can tell which jobs were (re)computed. The integration tests
@@ -25,8 +25,14 @@ import pytest
 
 from baselines.config import deep_merge
 from baselines.errors import ConfigError, DataError, UnknownNameError
-from benchmarks import executors, runner
-from benchmarks.runner import BenchOptions, expand, filter_jobs, load_preset, run_bench
+from benchmarks import executors, jobs as jobs_mod, runner
+from benchmarks.cost import cost_model
+from benchmarks.jobs import filter_jobs, job_id_of
+from benchmarks.preset import load_preset
+from benchmarks.rows import ROWS_SCHEMA
+from benchmarks.runner import BenchOptions, run_bench
+from benchmarks.scratch import run_scratch
+from benchmarks.store import code_version, read_rows
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = "test_runner:fake_job"
@@ -67,7 +73,7 @@ def fake_job(cfg: dict, out_dir: str | None = None, on_eval=None) -> dict:
     run = cfg["run"]
     synth, regs, seed = run["synthesizer"], run["regularizers"], run["seed"]
     with open(os.environ["FAKE_COUNTER"], "a") as fh:
-        fh.write(f"{runner.job_id_of(cfg)} {os.getpid()}\n")
+        fh.write(f"{job_id_of(cfg)} {os.getpid()}\n")
     if synth in os.environ.get("FAKE_DIE", "").split(","):
         os._exit(3)  # a worker killed mid-job (OOM killer, segfault)
     time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
@@ -113,11 +119,35 @@ synth_batch_s = {deepinversion = 30.0, cmi = 10.0}
 N_TINY = 2 * (2 * 2 + 2)  # seeds x (synthesizers x regularizer sets + real + scratch)
 
 
+def expand(preset, sets=None, data_root=None, resolve=None):
+    """:func:`benchmarks.jobs.expand` with the fake resolver unless one is given."""
+    return jobs_mod.expand(preset, sets, data_root, resolve=resolve or resolve_config)
+
+
+def real_expand(preset, sets=None, data_root=None):
+    return jobs_mod.expand(preset, sets, data_root)
+
+
+def bench_main(argv: list[str]) -> int:
+    """``dfkd bench ARGV`` with the fake job and resolver (the subprocess tests' entry)."""
+    import argparse
+    import dataclasses
+
+    from benchmarks import cmd_bench
+    from benchmarks.cli import run_reporting_errors
+
+    p = argparse.ArgumentParser()
+    cmd_bench.add_arguments(p)
+    args = p.parse_args(argv)
+    args.argv = argv
+    o = dataclasses.replace(cmd_bench.options(args), job_fn=FAKE, resolve=resolve_config)
+    return run_reporting_errors(lambda _a: run_bench(o, log=lambda m: print(m, flush=True)), args)
+
+
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
     """Fake jobs and resolver; returns a helper reading the execution counter."""
     counter = tmp_path / "counter.txt"
-    monkeypatch.setenv(runner.FAKE_ENV, FAKE)
     monkeypatch.setenv("FAKE_COUNTER", str(counter))
     for var in ("FAKE_SLEEP", "FAKE_FAIL", "FAKE_RAISE", "FAKE_DIE"):
         monkeypatch.delenv(var, raising=False)
@@ -141,6 +171,8 @@ DEBUG = ["executor.submitit.cluster=debug"]
 
 def opts(preset: str, out: Path, **kw) -> BenchOptions:
     kw.setdefault("report", False)
+    kw.setdefault("job_fn", FAKE)
+    kw.setdefault("resolve", resolve_config)
     return BenchOptions(preset=preset, out=str(out), **kw)
 
 
@@ -166,7 +198,7 @@ def test_expansion_is_the_cross_product_with_budgets_and_params(tmp_path, fake):
     seeds = [j.run["seed"] for j in jobs]
     assert seeds == sorted(seeds)
     # the cost model: overhead + epochs * (synth_batches * synth_batch_s + kd_steps * kd_step_s) + evals * eval_s
-    c = runner.cost_model(load_preset(write_preset(tmp_path)))
+    c = cost_model(load_preset(write_preset(tmp_path)))
     assert by["toy/smallcnn:spiking_smallcnn/deepinversion/seed0"].est_seconds == pytest.approx(
         c["overhead_s"] + 1 * (30.0 + 7 * 2.0) + 1 * c["eval_s"])
 
@@ -257,12 +289,12 @@ def test_set_overrides_and_their_errors(tmp_path, fake):
 def test_stars_params_file_is_merged(tmp_path, fake):
     f = tmp_path / "best.toml"
     f.write_text("[stars]\nbeta = 0.25\n")
-    jobs = expand(load_preset(write_preset(tmp_path), stars_params=str(f)))
+    jobs = expand(load_preset(write_preset(tmp_path), params_file=str(f)))
     stars = [j for j in jobs if "stars" in j.run["regularizers"]]
     assert stars and all(j.cfg["stars"] == {"alpha": 0.4, "beta": 0.25} for j in stars)
     f.write_text("[starz]\nbeta = 0.25\n")
     with pytest.raises(UnknownNameError, match="Did you mean 'stars'"):
-        load_preset(write_preset(tmp_path), stars_params=str(f))
+        load_preset(write_preset(tmp_path), params_file=str(f))
 
 
 def test_unknown_executor_and_missing_ray(tmp_path, fake):
@@ -292,15 +324,15 @@ def test_dataset_without_files_fails_before_compute(tmp_path, fake, monkeypatch)
 def test_run_writes_one_row_per_job_and_skips_finished_rows(tmp_path, fake):
     preset, out = write_preset(tmp_path), tmp_path / "out"
     assert run_bench(dbg(preset, out), log=lambda m: None) == 0
-    rows = runner.read_rows(out)
+    rows = read_rows(out)
     jobs = expand(load_preset(preset))
     assert set(rows) == {j.job_id for j in jobs}
     assert sorted(fake()) == sorted(j.job_id for j in jobs)
     r = rows[jobs[0].job_id]
-    assert r["job_label"] == jobs[0].label and r["rows_schema"] == runner.ROWS_SCHEMA and r["status"] == "ok"
+    assert r["job_label"] == jobs[0].label and r["rows_schema"] == ROWS_SCHEMA and r["status"] == "ok"
     man = json.loads((out / "manifest.json").read_text())
-    assert man["rows_schema"] == runner.ROWS_SCHEMA and set(man["jobs"]) == set(rows)
-    assert man["code"]["version"] == runner.code_version()["version"]
+    assert man["rows_schema"] == ROWS_SCHEMA and set(man["jobs"]) == set(rows)
+    assert man["code"]["version"] == code_version()["version"]
     # re-running computes nothing; adding a seed (a superset) runs only the new jobs
     assert run_bench(dbg(preset, out), log=lambda m: None) == 0
     assert len(fake()) == N_TINY
@@ -315,7 +347,7 @@ def test_failed_jobs_do_not_stop_others_and_retry_failed_reruns_only_them(tmp_pa
     monkeypatch.setenv("FAKE_RAISE", "scratch")  # raises
     log = []
     assert run_bench(dbg(preset, out), log=log.append) == 1
-    rows = runner.read_rows(out)
+    rows = read_rows(out)
     assert len(rows) == N_TINY
     failed = {k: r for k, r in rows.items() if r["status"] == "failed"}
     assert {r["synthesizer"] for r in failed.values()} == {"cmi", "scratch"} and len(failed) == 6
@@ -331,7 +363,7 @@ def test_failed_jobs_do_not_stop_others_and_retry_failed_reruns_only_them(tmp_pa
     assert run_bench(dbg(preset, out, retry_failed=True), log=lambda m: None) == 0
     rerun = fake()[n:]
     assert sorted(rerun) == sorted(failed)  # exactly the failed jobs, once each
-    assert all(r["status"] == "ok" for r in runner.read_rows(out).values())
+    assert all(r["status"] == "ok" for r in read_rows(out).values())
 
 
 def test_out_dir_of_another_config_schema_or_version_is_refused(tmp_path, fake, monkeypatch):
@@ -356,11 +388,12 @@ def test_out_dir_of_another_config_schema_or_version_is_refused(tmp_path, fake, 
 
 
 def _bench_cmd(preset: str, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "benchmarks.cmd_bench", "--preset", preset, "--out", str(out), "--no-report", *extra]
+    argv = ["--preset", preset, "--out", str(out), "--no-report", *extra]
+    return [sys.executable, "-c", f"import sys, test_runner; sys.exit(test_runner.bench_main({argv!r}))"]
 
 
 def _env(counter: Path, **kw: str) -> dict[str, str]:
-    env = dict(os.environ, **{runner.FAKE_ENV: FAKE, "FAKE_COUNTER": str(counter), **kw})
+    env = dict(os.environ, **{"FAKE_COUNTER": str(counter), **kw})
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), str(REPO), env.get("PYTHONPATH", "")])
     for var in ("FAKE_FAIL", "FAKE_RAISE", "FAKE_DIE"):
         env.pop(var, None)
@@ -384,11 +417,7 @@ def test_killed_benchmark_resumes_without_losing_or_duplicating_rows(tmp_path):
     res = subprocess.run(_bench_cmd(preset, out, "--executor", "submitit", "--set", DEBUG[0]), env=_env(counter),
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
-    os.environ[runner.FAKE_ENV] = FAKE
-    try:
-        ids = {j.job_id for j in expand(load_preset(preset))}
-    finally:
-        del os.environ[runner.FAKE_ENV]
+    ids = {j.job_id for j in expand(load_preset(preset))}
     files = [p for p in rows_dir.iterdir()]
     assert sorted(p.stem for p in files) == sorted(ids)  # one row per job, no temp files left
     runs = [ln.split()[0] for ln in counter.read_text().splitlines()]
@@ -403,7 +432,7 @@ def test_killed_benchmark_resumes_without_losing_or_duplicating_rows(tmp_path):
 # --------------------------------------------------------------------------- executors
 def _specs(tmp_path: Path, fake_env: bool = True) -> list[dict]:
     jobs = expand(load_preset(write_preset(tmp_path)))
-    return [executors.job_spec(j, tmp_path / "out") for j in jobs]
+    return [executors.job_spec(j, tmp_path / "out", job_fn=FAKE) for j in jobs]
 
 
 def test_local_executor_two_workers_runs_jobs_in_parallel_processes(tmp_path, fake, monkeypatch):
@@ -413,7 +442,7 @@ def test_local_executor_two_workers_runs_jobs_in_parallel_processes(tmp_path, fa
     done = []
     res = executors.run_jobs(specs, "local", workers=2, out=tmp_path / "out", on_done=done.append)
     assert len(res) == len(done) == 4 and all(r["status"] == "ok" for r in res)
-    rows = runner.read_rows(tmp_path / "out")
+    rows = read_rows(tmp_path / "out")
     assert len(rows) == 4
     assert len({r["pid"] for r in rows.values()}) == 2 and os.getpid() not in {r["pid"] for r in rows.values()}
     assert all(r["threads"] == max(1, executors.cpu_count() // 2) for r in rows.values())
@@ -431,7 +460,7 @@ def test_local_executor_survives_a_dying_worker(tmp_path, fake, monkeypatch):
             assert r["status"] == "failed" and "worker process died" in r["error"]
         else:
             assert r["status"] == "ok", r
-    assert len(runner.read_rows(tmp_path / "out")) == len(specs)
+    assert len(read_rows(tmp_path / "out")) == len(specs)
 
 
 @pytest.mark.slow
@@ -452,7 +481,7 @@ def test_submitit_debug_executor_runs_a_fake_job(tmp_path, fake):
     spec = _specs(tmp_path)[0]
     res = executors.run_jobs([spec], "submitit", options={"cluster": "debug"}, out=tmp_path / "out")
     assert res[0]["status"] == "ok"
-    row = runner.read_rows(tmp_path / "out")[spec["job_id"]]
+    row = read_rows(tmp_path / "out")[spec["job_id"]]
     assert row["job_label"] == spec["label"] and row["student_acc"] == 50.0
     assert (tmp_path / "out" / "submitit").is_dir()
 
@@ -499,10 +528,9 @@ needs_real = pytest.mark.skipif(not _real_modules_ok(), reason="benchmarks.job /
 
 @needs_real
 def test_quick_preset_resolves_with_the_real_config(monkeypatch):
-    monkeypatch.delenv(runner.FAKE_ENV, raising=False)
     p = load_preset("quick")
-    jobs = expand(p)
-    assert len(jobs) == 9 and all(j.job_id == runner.job_id_of(j.cfg) for j in jobs)
+    jobs = real_expand(p)
+    assert len(jobs) == 9 and all(j.job_id == job_id_of(j.cfg) for j in jobs)
     by = {j.label.split("/", 2)[2]: j for j in jobs}
     di = by["deepinversion+stars/seed0"]
     assert di.cfg["deepinversion"]["iterations"] == p.data["budget"]["deepinversion"]["deepinversion"]["iterations"]
@@ -515,14 +543,13 @@ def test_quick_preset_resolves_with_the_real_config(monkeypatch):
 @pytest.mark.slow
 @needs_real
 def test_shipped_presets_resolve_with_the_real_config(monkeypatch):
-    monkeypatch.delenv(runner.FAKE_ENV, raising=False)
     for name in ("quick", "standard", "paper"):
-        jobs = expand(load_preset(name))
-        assert jobs and all(j.job_id == runner.job_id_of(j.cfg) for j in jobs)
+        jobs = real_expand(load_preset(name))
+        assert jobs and all(j.job_id == job_id_of(j.cfg) for j in jobs)
     bad = load_preset("quick")
     bad.data["distill"] = {"epochz": 1}
     with pytest.raises(UnknownNameError, match="Did you mean 'epochs'"):
-        expand(bad)
+        real_expand(bad)
 
 
 def write_cifar10(root: Path, per_batch: int = 10, n_test: int = 20) -> None:
@@ -545,7 +572,6 @@ SMOKE_SETS = ["run.teacher_epochs=1", "run.device=cpu", "run.val_size=0", "disti
 @pytest.mark.slow
 @needs_real
 def test_paper_preset_one_step_smoke_run_on_cifar_layout(tmp_path, monkeypatch):
-    monkeypatch.delenv(runner.FAKE_ENV, raising=False)
     monkeypatch.setenv("DFKD_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "data"
     write_cifar10(root)
@@ -554,7 +580,7 @@ def test_paper_preset_one_step_smoke_run_on_cifar_layout(tmp_path, monkeypatch):
     log = []
     rc = run_bench(BenchOptions(preset="paper", out=str(out), only=only, sets=SMOKE_SETS + ["run.metrics_images=4"],
                                 data_root=str(root), workers=2), log=log.append)
-    rows = runner.read_rows(out)
+    rows = read_rows(out)
     assert len(rows) == 2, log
     assert rc == 0, [r.get("error") for r in rows.values()]
     for r in rows.values():
@@ -583,18 +609,20 @@ def test_scratch_trains_for_as_many_steps_as_kd_and_is_deterministic(monkeypatch
     orig = torch.optim.SGD.step
     monkeypatch.setattr(torch.optim.SGD, "step", lambda self, *a, **k: (steps.append(1), orig(self, *a, **k))[1])
     cfg = _scratch_cfg()
-    a = runner.run_scratch(cfg)
+    a = run_scratch(cfg)
     assert a["status"] == "ok", a.get("error")
     assert len(steps) == 2 * 3  # epochs * kd_steps
     assert a["synthesizer"] == "scratch" and a["images_synthesized"] == 0 and 0 <= a["student_acc"] <= 100
     assert [h["epoch"] for h in a["history"]] == [0, 1] and a["firing_rate"] is not None
-    b = runner.run_scratch(cfg)
+    b = run_scratch(cfg)
     assert b["student_acc"] == a["student_acc"] and b["history"][-1]["ce_loss"] == a["history"][-1]["ce_loss"]
 
 
 @needs_real
 def test_scratch_failure_is_a_failed_row():
-    row = runner.run_scratch(_scratch_cfg(lr=1e30))
+    cfg = _scratch_cfg()
+    cfg["distill"]["lr"] = 1e30  # past the config check: the loss must diverge
+    row = run_scratch(cfg)
     assert row["status"] == "failed" and "NonFiniteLossError" in row["error"] and row["synthesizer"] == "scratch"
 
 
@@ -609,7 +637,7 @@ def test_a_preset_may_carry_a_tune_table_for_dfkd_tune(tmp_path):
 def test_teacher_seed_shares_one_teacher_across_seeds():
     """run.teacher_seed pins the teacher: seeds then vary only synthesis and KD."""
     from benchmarks.job import resolve_config, teacher_seed
-    from benchmarks.runner import teacher_keys
+    from benchmarks.jobs import teacher_keys
 
     def three_seeds():
         p = load_preset("quick")

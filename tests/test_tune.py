@@ -1,8 +1,9 @@
 """`dfkd tune`: search space checks, pruning, storage, workers, kill-and-retry, PostgreSQL.
 
-The distillation job is faked: in-process through ``monkeypatch`` of ``tune.run_trial`` /
-``tune.resolve_config``, in worker subprocesses through ``DFKD_TUNE_FAKE_JOB`` /
-``DFKD_TUNE_FAKE_RESOLVE`` pointing at the functions below.
+The distillation job is faked through the tuner's explicit seams: ``TuneSpec(job_fn=
+"test_tune:job_entry", resolver="test_tune:fake_resolve")`` (passed on to worker processes
+as arguments). ``job_entry`` records each in-process call in ``CALLS`` and runs ``JOB_IMPL``
+(``fake_job`` unless a test swaps it).
 """
 from __future__ import annotations
 
@@ -63,11 +64,21 @@ def fake_job(cfg: dict, on_eval) -> dict:
     return {"status": "ok", "val_acc": v, "agreement": v, "student_acc": round(1.0 - v, 6)}
 
 
+def job_entry(cfg: dict, on_eval) -> dict:
+    CALLS.append({"stars": dict(cfg["stars"]), "on_eval": on_eval is not None})
+    return JOB_IMPL(cfg, on_eval)
+
+
+CALLS: list[dict] = []
+JOB_IMPL = fake_job
+THIS = sys.modules[__name__]
+
 PRESET = """
 [bench]
 datasets = ["toy"]
-pairs = ["tinyT:tinyS", "otherT:otherS"]
-synthesizers = ["fakesynth"]
+pairs = ["smallcnn:spiking_smallcnn", "resnet18:spiking_resnet18"]
+synthesizers = ["deepinversion"]
+treatment = ["stars"]
 seeds = [3]
 T = 2
 
@@ -78,8 +89,8 @@ val_size = 100
 epochs = 3
 eval_every = 1
 
-[budget.fakesynth]
-fakesynth = {iterations = 5}
+[budget.deepinversion]
+deepinversion = {iterations = 5}
 distill = {kd_steps = 2}
 
 [params.stars]
@@ -98,25 +109,17 @@ def write_preset(tmp_path: Path, tune_section: str = "", name: str = "p") -> str
 
 @pytest.fixture
 def fakes(monkeypatch):
-    """Env hooks (inherited by worker subprocesses) and an in-process call log."""
-    monkeypatch.setenv("DFKD_TUNE_FAKE_JOB", "test_tune:fake_job")
-    monkeypatch.setenv("DFKD_TUNE_FAKE_RESOLVE", "test_tune:fake_resolve")
+    """The in-process call log (worker subprocesses find this module on PYTHONPATH)."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         [str(TESTS), str(REPO), os.environ.get("PYTHONPATH", "")]))
-    calls: list[dict] = []
-
-    def recording_job(cfg, on_eval):
-        calls.append({"stars": dict(cfg["stars"]), "on_eval": on_eval is not None})
-        return fake_job(cfg, on_eval)
-
-    monkeypatch.setattr(tune, "run_trial", recording_job)
-    monkeypatch.setattr(tune, "resolve_config", fake_resolve)
-    return calls
+    CALLS.clear()
+    monkeypatch.setattr(THIS, "JOB_IMPL", fake_job)
+    return CALLS
 
 
 def spec(preset: str, out: Path, **kw) -> tune.TuneSpec:
-    base = dict(preset=preset, synthesizer="fakesynth", trials=3, out=str(out), plots=False,
-                poll_seconds=0.1)
+    base = dict(preset=preset, synthesizer="deepinversion", trials=3, out=str(out), plots=False,
+                poll_seconds=0.1, job_fn="test_tune:job_entry", resolver="test_tune:fake_resolve")
     base.update(kw)
     return tune.TuneSpec(**base)
 
@@ -134,19 +137,19 @@ def load(out: Path, study: str | None = None, storage: str | None = None) -> opt
 def test_plan_takes_pair_budget_and_objective_from_the_preset(tmp_path, fakes):
     p = tune.make_plan(spec(write_preset(tmp_path), tmp_path / "o"))
     run = p.base["run"]
-    assert (run["dataset"], run["teacher"], run["student"]) == ("toy", "tinyT", "tinyS")
+    assert (run["dataset"], run["teacher"], run["student"]) == ("toy", "smallcnn", "spiking_smallcnn")
     assert run["regularizers"] == ["stars"] and run["seed"] == 3 and run["val_size"] == 100
-    assert p.base["fakesynth"] == {"iterations": 5} and p.base["distill"]["kd_steps"] == 2
+    assert p.base["deepinversion"] == {"iterations": 5} and p.base["distill"]["kd_steps"] == 2
     assert p.base["distill"]["lr"] == 0.05 and run["T"] == 2  # [overrides.toy], [bench] T
     assert p.metric == "val_acc" and p.base["stars"] == {"kappa": 0.2}  # [params.stars]
     assert p.space.to_json()["q"] == {"type": "float", "low": 0.9, "high": 0.98, "log": False}
 
-    p2 = tune.make_plan(spec(write_preset(tmp_path), tmp_path / "o", pair="otherT:otherS",
+    p2 = tune.make_plan(spec(write_preset(tmp_path), tmp_path / "o", pair="resnet18:spiking_resnet18",
                              objective="agreement", sets=["distill.epochs=7"]))
-    assert (p2.base["run"]["teacher"], p2.base["distill"]["epochs"]) == ("otherT", 7)
+    assert (p2.base["run"]["teacher"], p2.base["distill"]["epochs"]) == ("resnet18", 7)
     assert p2.metric == "agreement" and p2.base["distill"]["heldout_images"] == 256
-    with pytest.raises(UnknownNameError, match="fakesynth"):
-        tune.make_plan(spec(write_preset(tmp_path), tmp_path / "o", synthesizer="fakesyth"))
+    with pytest.raises(UnknownNameError, match="deepinversion"):
+        tune.make_plan(spec(write_preset(tmp_path), tmp_path / "o", synthesizer="deepinversoin"))
 
 
 def test_space_overrides_add_keys_and_params_land_in_stars(tmp_path, fakes):
@@ -186,12 +189,12 @@ def test_space_is_checked_by_the_real_resolve_config(tmp_path):
     quick = (tune.PRESET_DIR / "quick.toml").read_text()
     good = tmp_path / "good.toml"
     good.write_text(quick + '\n[tune]\ntar_variant = ["aligned", "seed"]\n')
-    plan = tune.make_plan(spec(str(good), tmp_path / "o", synthesizer="cmi"))
+    plan = tune.make_plan(spec(str(good), tmp_path / "o", synthesizer="cmi", resolver=None))
     assert plan.base["run"]["val_size"] == tune.DEFAULT_VAL_SIZE
     bad = tmp_path / "bad.toml"
     bad.write_text(quick + '\n[tune]\ntar_varaint = ["aligned", "seed"]\n')
     with pytest.raises(UnknownNameError, match="tar_variant"):
-        tune.make_plan(spec(str(bad), tmp_path / "o", synthesizer="cmi"))
+        tune.make_plan(spec(str(bad), tmp_path / "o", synthesizer="cmi", resolver=None))
 
 
 @pytest.mark.parametrize("section, match", [
@@ -295,7 +298,7 @@ def test_median_pruning_stops_a_trial_below_the_median(tmp_path, fakes, monkeypa
             on_eval(e, {"val_acc": level, "test_acc": 0.99})
         return {"status": "ok", "val_acc": level, "student_acc": 0.99}
 
-    monkeypatch.setattr(tune, "run_trial", job)
+    monkeypatch.setattr(THIS, "JOB_IMPL", job)
     pre = write_preset(tmp_path, "prune_startup_trials = 2\nprune_warmup_steps = 0\n")
     s = tune.run_tune(spec(pre, tmp_path / "o", trials=5, final_test=False))
     states = [t.state for t in load(tmp_path / "o").trials]
@@ -305,7 +308,7 @@ def test_median_pruning_stops_a_trial_below_the_median(tmp_path, fakes, monkeypa
 
 
 def test_failed_job_fails_its_trial_and_too_many_stop_the_worker(tmp_path, fakes, monkeypatch):
-    monkeypatch.setattr(tune, "run_trial",
+    monkeypatch.setattr(THIS, "JOB_IMPL",
                         lambda cfg, on_eval: {"status": "failed", "error": "NaN in tar"})
     s = tune.run_tune(spec(write_preset(tmp_path), tmp_path / "o", trials=2, max_failed=2))
     study = load(tmp_path / "o")
@@ -318,7 +321,7 @@ def test_ctrl_c_fails_the_trial_and_queues_its_params(tmp_path, fakes, monkeypat
     def interrupted(cfg, on_eval):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tune, "run_trial", interrupted)
+    monkeypatch.setattr(THIS, "JOB_IMPL", interrupted)
     with pytest.raises(KeyboardInterrupt):
         tune.run_tune(spec(write_preset(tmp_path), tmp_path / "o", trials=2))
     t0, t1 = load(tmp_path / "o").trials
@@ -375,8 +378,9 @@ def test_surplus_trial_is_given_back_and_a_popped_queued_trial_requeued(tmp_path
 
 def _worker_cmd(pre: str, out: Path, trials: int, study: str) -> list[str]:
     return [sys.executable, "-m", "benchmarks.cmd_tune", "--preset", pre, "--synthesizer",
-            "fakesynth", "--trials", str(trials), "--out", str(out), "--study", study,
-            "--worker-only", "--heartbeat-interval", "1"]
+            "deepinversion", "--trials", str(trials), "--out", str(out), "--study", study,
+            "--worker-only", "--heartbeat-interval", "1",
+            "--job-fn", "test_tune:job_entry", "--resolver", "test_tune:fake_resolve"]
 
 
 def test_killed_worker_trial_is_failed_and_its_params_retried(tmp_path, fakes, monkeypatch):
@@ -433,8 +437,9 @@ def test_cli_register_and_main(tmp_path, fakes):
     sub = parser.add_subparsers(dest="cmd")
     cmd_tune.register(sub)
     args = parser.parse_args(["tune", "--preset", write_preset(tmp_path), "--synthesizer",
-                              "fakesynth", "--trials", "2", "--out", str(tmp_path / "o"),
-                              "--set", "distill.epochs=2", "run.val_size=10", "--no-plots"])
+                              "deepinversion", "--trials", "2", "--out", str(tmp_path / "o"),
+                              "--set", "distill.epochs=2", "run.val_size=10", "--no-plots",
+                              "--job-fn", "test_tune:job_entry", "--resolver", "test_tune:fake_resolve"])
     assert args.func is cmd_tune.run and args.sets == ["distill.epochs=2", "run.val_size=10"]
     assert args.func(args) == 0
     assert cmd_tune.main(["--preset", "nope-no-such-preset", "--synthesizer", "x",
