@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from .config import nonneg, positive, require
 from .synthesizers.base import STUDENT_MODES, synthesis_mode, _grad_norm
 from .hooks import StepContext, total_loss
+from .models import eval_chunk
 from .spec import DataSpec
 from .synthesizers.base import Synthesizer
 
@@ -109,11 +110,13 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, spec: DataSpec, batch_size: int = 500,
             device: torch.device | None = None, normalized: bool = False) -> Tensor:
-    """Argmax predictions for uint8 ([0, 255]) or float pixel-space images [N, C, H, W]."""
+    """Argmax predictions for uint8 ([0, 255]) or float pixel-space images [N, C, H, W]
+    (a spiking model runs in chunks of :func:`~baselines.models.eval_chunk` images)."""
     device = device or next(model.parameters()).device
     was = model.training
     model.eval()
     out = []
+    batch_size = eval_chunk(model, batch_size)
     try:
         for i in range(0, len(x), batch_size):
             xb = x[i:i + batch_size].to(device)

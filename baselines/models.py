@@ -231,6 +231,19 @@ class SpikingStagedModel(StagedModel):
         )
 
 
+#: Images x time steps one no-grad evaluation forward of a spiking model may hold (memory cap).
+EVAL_IMAGE_STEPS = 512
+
+
+def eval_chunk(model: nn.Module, batch_size: int) -> int:
+    """The images per forward of an evaluation pass (no grad, eval mode) of ``model``:
+    ``batch_size`` for an ANN, at most ``EVAL_IMAGE_STEPS // T`` for a spiking model (its
+    activations are T times an ANN's: a 500-image batch at T = 4 held > 1 GB on CPU). Per-image
+    results do not depend on it (eval-mode BN, no cross-sample terms)."""
+    T = int(getattr(model, "T", 1)) if getattr(model, "is_spiking", False) else 1
+    return max(1, min(int(batch_size), EVAL_IMAGE_STEPS // T)) if T > 1 else max(1, int(batch_size))
+
+
 def stage_of_modules(model: StagedModel) -> dict[nn.Module, int]:
     """Map every module inside ``model.stages[k]`` (and the stem, as stage 0) to its stage."""
     out: dict[nn.Module, int] = {}

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 from .hooks import ModuleHooks
-from .models import SpikingLayerState
+from .models import SpikingLayerState, eval_chunk
 from .spiking import neuron_layers
 
 E_MAC_PJ = 4.6  # 32-bit float multiply-accumulate, 45 nm (Horowitz, ISSCC 2014)
@@ -199,7 +199,7 @@ def measure_spiking(model: nn.Module, images: Tensor, batch_size: int = 256) -> 
                     hooks.add(m, tally.op_hook(name))
             for name, m in neurons:
                 hooks.add(m, tally.neuron_hook(name))
-            for chunk in images.split(int(batch_size)):
+            for chunk in images.split(eval_chunk(model, batch_size)):  # counts are per image
                 tally.new_pass()
                 model(chunk.to(device))
     finally:
