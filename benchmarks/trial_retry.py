@@ -1,8 +1,9 @@
-"""Dead workers on a journal storage: what Optuna's heartbeat does for RDB storages only.
+"""Dead workers: the retry bookkeeping Optuna offers only inside ``study.optimize`` on RDB
+storages, for any storage (the journal file included) and an ask/tell loop, on Optuna's
+public API (``study.tell``, ``study.add_trial``, ``trial.set_user_attr``).
 
 Each running trial carries the user attr ``dfkd_worker = {host, pid, start, trial, t}``,
-refreshed every ``heartbeat_interval`` seconds by a thread (:class:`Heartbeat`; for RDB
-storages also Optuna's own ``record_heartbeat``). :func:`sweep_stale_trials` (on start and
+refreshed every ``heartbeat_interval`` seconds by a thread (:class:`Heartbeat`). :func:`sweep_stale_trials` (on start and
 between trials) sets a RUNNING trial to FAIL when its worker runs on this host under a pid
 that is gone (or a zombie, or a reused pid), or its heartbeat is older than ``grace``
 seconds (any host), or it never got a worker record within ``grace``, and enqueues its
@@ -22,8 +23,6 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
-
-from .tune_storage import no_experimental_warnings
 
 WORKER_KEY = "dfkd_worker"
 
@@ -102,8 +101,7 @@ def requeue(study: optuna.Study, t: optuna.trial.FrozenTrial, reason: str,
         if max_retry is not None and len(history) > max_retry:
             log(f"trial {t.number} not retried: it already failed {len(history)} times")
             return False
-    kept = {k: v for k, v in t.system_attrs.items() if k != "dfkd_fail_reason"}
-    sys_attrs = {**kept, "failed_trial": t.system_attrs.get("failed_trial", t.number),
+    sys_attrs = {**t.system_attrs, "failed_trial": t.system_attrs.get("failed_trial", t.number),
                  "retry_history": history, "dfkd_retry_reason": reason}
     if not count_retry and not t.system_attrs.get("retry_history"):
         sys_attrs.pop("failed_trial")
@@ -115,11 +113,17 @@ def requeue(study: optuna.Study, t: optuna.trial.FrozenTrial, reason: str,
     return True
 
 
+def frozen(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    """The current record of trial ``number`` (public API: the study's trials by number)."""
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
 def _try_fail(study: optuna.Study, t: optuna.trial.FrozenTrial) -> bool:
     """Move ``t`` to FAIL; False if another worker finished or failed it first."""
     try:
-        return bool(study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL))
-    except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, KeyError):
+        study.tell(t.number, state=TrialState.FAIL)
+        return True
+    except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, ValueError, KeyError):
         return False
 
 
@@ -130,33 +134,24 @@ def sweep_stale_trials(study: optuna.Study, grace: float, max_retry: int | None)
         reason = stale_reason(t, grace)
         if reason is None:
             continue
-        try:
-            study._storage.set_trial_system_attr(t._trial_id, "dfkd_fail_reason", reason)
-        except Exception:  # noqa: BLE001 - finished meanwhile
-            continue
         if _try_fail(study, t):
             log(f"trial {t.number} failed by clean-up ({reason}); its params are re-queued")
-            requeue(study, study._storage.get_trial(t._trial_id), reason, max_retry)
+            requeue(study, frozen(study, t.number), reason, max_retry)
             failed.append(t.number)
-    with no_experimental_warnings():
-        optuna.storages.fail_stale_trials(study)  # RDB: Optuna's heartbeat + retry callback
     return failed
 
 
 class Heartbeat:
-    """Refresh the trial's worker record (and Optuna's RDB heartbeat) every ``interval`` s."""
+    """Refresh the trial's worker record every ``interval`` s (a thread)."""
 
     def __init__(self, study: optuna.Study, trial: optuna.Trial, interval: float):
-        self.storage, self.tid, self.number = study._storage, trial._trial_id, trial.number
+        self.trial, self.number = trial, trial.number
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="dfkd-heartbeat")
 
     def beat(self) -> None:
-        self.storage.set_trial_user_attr(self.tid, WORKER_KEY, _owner(self.number))
-        getint = getattr(self.storage, "get_heartbeat_interval", None)
-        if getint is not None and getint():
-            self.storage.record_heartbeat(self.tid)
+        self.trial.set_user_attr(WORKER_KEY, _owner(self.number))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -194,12 +189,12 @@ def is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
 
 
 def give_back(study: optuna.Study, trial: optuna.Trial, max_retry: int | None) -> None:
-    frozen = study._storage.get_trial(trial._trial_id)
+    was = frozen(study, trial.number)
     trial.set_user_attr("dfkd_surplus", True)
     study.tell(trial, state=TrialState.FAIL)
-    if frozen.params or frozen.system_attrs.get("fixed_params"):  # a popped queued trial:
+    if was.params or was.system_attrs.get("fixed_params"):  # a popped queued trial:
         # put it back in the queue unchanged (params, or enqueue_trial's fixed_params)
-        requeue(study, frozen, frozen.system_attrs.get("dfkd_retry_reason", "surplus"),
+        requeue(study, was, was.system_attrs.get("dfkd_retry_reason", "surplus"),
                 max_retry, count_retry=False)
 
 

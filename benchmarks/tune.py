@@ -19,8 +19,7 @@ Sampler: ``TPESampler(seed)`` (``constant_liar`` so parallel workers spread out)
 The best trial's test accuracy is measured once, at the end (``tune_report``).
 
 Workers run an ask/tell loop until the study holds ``trials`` COMPLETE + PRUNED trials; dead
-workers' trials are failed and re-queued by ``trial_retry`` (journal storages; RDB storages
-also use Optuna's heartbeat). Modules: ``tune`` (plan, worker loop, entry point),
+workers' trials are failed and re-queued by ``trial_retry`` (any storage). Modules: ``tune`` (plan, worker loop, entry point),
 ``tune_space``, ``tune_storage``, ``trial_retry``, ``tune_report``.
 
 Seams (explicit): ``TuneSpec.job_fn`` and ``TuneSpec.resolver`` ("module:function", passed
@@ -35,7 +34,6 @@ import socket
 import subprocess
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -51,7 +49,7 @@ from .preset import PRESET_DIR, load_preset, parse_pair, split_sets, user_config
 from .store import atomic_write_json
 from .trial_retry import (WORKER_KEY, Heartbeat, counts as _counts, give_back as _give_back,  # noqa: F401
                           is_surplus as _is_surplus, log as _log, pid_alive, requeue, stale_reason,
-                          sweep_stale_trials, _owner, _proc_start)
+                          sweep_stale_trials, frozen, _owner, _proc_start)
 from .tune_report import finalize, make_plots, measure_test_of_best  # noqa: F401
 from .tune_space import DEFAULT_SPACES, SearchSpace, apply_params, write_best_params  # noqa: F401
 from .tune_storage import driver_url, mask_url, open_storage, open_study  # noqa: F401
@@ -296,7 +294,7 @@ def run_one(plan: TunePlan, study: optuna.Study, trial: optuna.Trial) -> TrialSt
             error = f"{type(exc).__name__}: {exc}"
         except KeyboardInterrupt:  # Ctrl-C: fail the trial, queue its params again, stop
             study.tell(trial, state=TrialState.FAIL)
-            requeue(study, study._storage.get_trial(trial._trial_id), "interrupted",
+            requeue(study, frozen(study, trial.number), "interrupted",
                     plan.settings["max_retry"])
             raise
     if error:
@@ -344,9 +342,7 @@ def work(plan: TunePlan, study: optuna.Study) -> WorkerStats:
         if c["done"] + c["running"] >= n:  # other workers hold the remaining slots
             time.sleep(spec.poll_seconds)
             continue
-        with warnings.catch_warnings():  # our _Heartbeat thread does what optimize() would
-            warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            trial = study.ask()
+        trial = study.ask()
         if _is_surplus(study, trial, n):
             _give_back(study, trial, plan.settings["max_retry"])
             time.sleep(spec.poll_seconds)

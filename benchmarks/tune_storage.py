@@ -1,6 +1,6 @@
 """Where a study lives: a journal file (default, no server) or an RDB URL (SQLite,
-PostgreSQL) with Optuna's heartbeat and retry callback; creating / loading the study with
-its search space and objective checked."""
+PostgreSQL); creating / loading the study with its search space and objective checked.
+Dead workers' trials are handled by ``trial_retry`` on every storage alike."""
 from __future__ import annotations
 
 import contextlib
@@ -63,8 +63,8 @@ def driver_url(url: str) -> str:
 
 
 def open_storage(plan: Any) -> optuna.storages.BaseStorage:
-    """Journal file (default, embedded) or an RDB storage with heartbeat and retry."""
-    spec, url = plan.spec, plan.storage_url
+    """Journal file (default, embedded) or an RDB storage."""
+    url = plan.storage_url
     if not plan.is_rdb:
         try:
             Path(url).parent.mkdir(parents=True, exist_ok=True)
@@ -73,15 +73,7 @@ def open_storage(plan: Any) -> optuna.storages.BaseStorage:
         except OSError as exc:
             raise ConfigError(f"cannot open the journal storage {url!r}: {exc}. Give a "
                               "writable --out or --storage path.") from exc
-    kw: dict[str, Any] = {"heartbeat_interval": spec.heartbeat_interval,
-                          "grace_period": spec.grace_period}
-    retry_cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
-    with no_experimental_warnings():
-        if retry_cls is not None:  # Optuna >= 4.9 (RetryFailedTrialCallback is its old name)
-            kw["heartbeat_stale_trial_callback"] = retry_cls(max_retry=plan.settings["max_retry"])
-        else:
-            kw["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(
-                max_retry=plan.settings["max_retry"])
+    kw: dict[str, Any] = {}  # dead workers: benchmarks.trial_retry, the same for every storage
     if url.startswith("postgresql"):
         kw["engine_kwargs"] = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
     try:

@@ -405,8 +405,8 @@ def test_killed_worker_trial_is_failed_and_its_params_retried(tmp_path, fakes, m
     s = tune.run_tune(spec(pre, out, trials=2, study="k", final_test=False))
     trials = load(out, "k").trials
     assert trials[0].state == TrialState.FAIL
-    assert "gone" in trials[0].system_attrs["dfkd_fail_reason"]
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert "gone" in retry[0].system_attrs["dfkd_retry_reason"]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
     assert retry[0].params == {k: killed["stars"][k] for k in ("alpha", "beta", "q")}
     assert s["trials"]["complete"] == 2 and retry[0].system_attrs["retry_history"] == [0]
