@@ -21,10 +21,10 @@ class UnknownNameError(ConfigError, KeyError):
 
     def __init__(self, kind: str, name: str, known: list[str]):
         self.kind, self.name, self.known = kind, name, sorted(known)
-        close = difflib.get_close_matches(name, self.known, n=1, cutoff=0.0)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        close = closest(name, self.known)
+        hint = f" Did you mean {close!r}?" if close else ""
         super().__init__(
-            f"unknown {kind} {name!r}.{hint} Known {kind}s: {', '.join(self.known) or '(none)'}."
+            f"unknown {kind} {name!r}.{hint} Known {plural(kind)}: {', '.join(self.known) or '(none)'}."
         )
 
     def __str__(self) -> str:  # KeyError would repr() the message
@@ -54,7 +54,46 @@ class NonFiniteLossError(DFKDError, FloatingPointError):
         )
 
 
+#: similarity (difflib ratio of the lower-cased names) below which no name is suggested
+SUGGEST_CUTOFF = 0.5
+
+
 def closest(name: str, known) -> str | None:
-    """Closest known name to ``name`` (None if nothing is known)."""
-    m = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.0)
-    return m[0] if m else None
+    """The known name closest to ``name``, compared case-insensitively (a name that differs
+    only in case wins); None when nothing is known or nothing is similar enough to suggest
+    (difflib ratio < :data:`SUGGEST_CUTOFF`; a known name containing ``name`` or contained
+    in it still counts)."""
+    known = sorted(str(k) for k in known)
+    text = str(name).strip().lower()
+    lower = {}
+    for k in known:
+        lower.setdefault(k.lower(), k)
+    if text in lower:
+        return lower[text]
+    m = difflib.get_close_matches(text, list(lower), n=1, cutoff=SUGGEST_CUTOFF)
+    if m:
+        return lower[m[0]]
+    if len(text) >= 3:
+        subs = [k for k in lower if text in k or (len(k) >= 3 and k in text)]
+        if subs:
+            return lower[min(subs, key=lambda k: (abs(len(k) - len(text)), k))]
+    return None
+
+
+def plural(kind: str) -> str:
+    """Plural of a kind phrase: the noun before a qualifier (" in ", " for ", " of ")
+    takes the plural: "key in [run]" -> "keys in [run]", "synthesizer" -> "synthesizers"."""
+    head, qual = kind, ""
+    for sep in (" in ", " for ", " of "):
+        i = kind.find(sep)
+        if i > 0 and (not qual or i < len(head)):
+            head, qual = kind[:i], kind[i:]
+    words = head.rsplit(" ", 1)
+    noun = words[-1]
+    if noun.endswith(("s", "x", "ch", "sh")):
+        noun += "es"
+    elif noun.endswith("y") and len(noun) > 1 and noun[-2].lower() not in "aeiou":
+        noun = noun[:-1] + "ies"
+    elif noun:
+        noun += "s"
+    return " ".join(words[:-1] + [noun]) + qual

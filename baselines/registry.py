@@ -8,6 +8,8 @@ same names. ``@REGISTRY.register("name")`` additionally registers an object in-p
 (handy in notebooks and tests); it never shadows an entry point silently.
 
 Loading is lazy: ``names()`` reads metadata only, ``get(name)`` imports the one object.
+Lookups ignore case (``get("CMI")`` is ``get("cmi")``; :meth:`Registry.canonical` gives the
+registered spelling); an unknown name lists the known ones and the closest (case-insensitive).
 
 Example, a third-party ``pyproject.toml``::
 
@@ -48,6 +50,27 @@ class Entry:
             ) from exc
 
 
+_DIST_NAMES: dict[tuple[str, float], str] = {}
+
+
+def _dist_name(dist: Any) -> str:
+    """A distribution's name; cached per metadata directory and its mtime (parsing METADATA
+    costs ~5 ms, and every lookup lists every entry point of a group)."""
+    if dist is None:
+        return "?"
+    path = getattr(dist, "_path", None)
+    try:
+        key = (str(path), path.stat().st_mtime) if path is not None else None
+    except (OSError, AttributeError):
+        key = None
+    if key is not None and key in _DIST_NAMES:
+        return _DIST_NAMES[key]
+    name = dist.name
+    if key is not None:
+        _DIST_NAMES[key] = name
+    return name
+
+
 def describe(obj: Any) -> str:
     """One-line description: the first line of the object's docstring."""
     doc = getattr(obj, "description", None) or (obj.__doc__ or "").strip()
@@ -84,8 +107,7 @@ class Registry:
         """All entries; raises ConfigError when two distributions claim one name."""
         found: dict[str, list[Entry]] = {}
         for ep in md.entry_points(group=self.group):
-            dist = getattr(ep, "dist", None)
-            src = dist.name if dist is not None else "?"
+            src = _dist_name(getattr(ep, "dist", None))
             e = Entry(ep.name, self.kind, src, ep.value, _ep=ep)
             lst = found.setdefault(ep.name, [])
             if all(x.source != src for x in lst):  # same dist seen twice (e.g. editable + build)
@@ -111,18 +133,43 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self.entries())
 
-    def entry(self, name: str) -> Entry:
+    def _match(self, name: Any, ents: dict[str, Entry]) -> str | None:
+        """The registered name ``name`` refers to: itself, else the one name equal to it
+        ignoring case and surrounding blanks (None when there is none)."""
+        if not isinstance(name, str):
+            return None
+        if name in ents:
+            return name
+        text = name.strip().lower()
+        hits = [k for k in ents if k.lower() == text]
+        if len(hits) > 1:
+            raise ConfigError(f"{name!r} matches several {self.kind} that differ only in "
+                              f"case ({', '.join(sorted(hits))}); spell it exactly.")
+        return hits[0] if hits else None
+
+    def canonical(self, name: str) -> str:
+        """The registered spelling of ``name`` (lookups ignore case: "CMI" -> "cmi");
+        UnknownNameError (known names, closest match) when none fits."""
         ents = self.entries()
-        if name not in ents:
-            raise UnknownNameError(self.kind[:-1], name, list(ents))
-        return ents[name]
+        key = self._match(name, ents)
+        if key is None:
+            raise UnknownNameError(self.kind[:-1], str(name), list(ents))
+        return key
+
+    def entry(self, name: str) -> Entry:
+        """The entry of ``name`` (case-insensitive; see :meth:`canonical`)."""
+        ents = self.entries()
+        key = self._match(name, ents)
+        if key is None:
+            raise UnknownNameError(self.kind[:-1], str(name), list(ents))
+        return ents[key]
 
     def get(self, name: str) -> Any:
         """The registered object (class or factory) for ``name``, imported on first use."""
         return self.entry(name).load()
 
     def __contains__(self, name: str) -> bool:
-        return name in self.entries()
+        return self._match(name, self.entries()) is not None
 
 
 SYNTHESIZERS = Registry("synthesizers")
@@ -134,6 +181,7 @@ REGISTRIES = {r.kind: r for r in (SYNTHESIZERS, REGULARIZERS, TEACHERS, STUDENTS
 
 
 def registry(kind: str) -> Registry:
-    if kind not in REGISTRIES:
-        raise UnknownNameError("registry kind", kind, list(REGISTRIES))
-    return REGISTRIES[kind]
+    key = kind.strip().lower() if isinstance(kind, str) else kind
+    if key not in REGISTRIES:
+        raise UnknownNameError("registry kind", str(kind), list(REGISTRIES))
+    return REGISTRIES[key]

@@ -58,13 +58,19 @@ def user_config(args: argparse.Namespace) -> dict[str, Any]:
     from baselines.errors import ConfigError
     from baselines.registry import SYNTHESIZERS
 
+    from .names import canonical_names
+
     user: dict[str, Any] = load_toml(args.config) if args.config else {}
+    for sec, val in user.items():
+        if not isinstance(val, dict):
+            raise ConfigError(f"config file {args.config!r}: {sec} = {val!r} is not a section; every top-level "
+                              f"entry must be a table such as [run] or [distill] (write it under one).")
     flags = {key: getattr(args, attr) for attr, key in RUN_FLAGS.items() if getattr(args, attr) is not None}
     if args.download:
         flags["download"] = True
     flags["progress"] = not args.quiet
     user = deep_merge(user, {"run": flags})
-    user = apply_sets(user, args.set)
+    user = canonical_names(apply_sets(user, args.set))
     if not (user.get("run") or {}).get("synthesizer"):
         raise ConfigError("no synthesizer chosen: pass --synthesizer NAME (or set run.synthesizer in "
                           f"--config). Known synthesizers: {', '.join(SYNTHESIZERS.names())}.")

@@ -120,3 +120,20 @@ def test_plugin_with_missing_attribute_is_a_plugin_error(site):
     make_dist(site, "half-dfkd", {"stars_dfkd.synthesizers": {"half": "half_dfkd_mod:Missing"}})
     with pytest.raises(PluginError, match="'half-dfkd'"):
         SYNTHESIZERS.get("half")
+
+
+def test_lookups_ignore_case_and_suggestions_make_sense():
+    """Issue 13: "CMI" is "cmi" (not "did you mean 'real'"); an unrelated name gets no
+    suggestion; the list of known names is pluralized correctly."""
+    from baselines.errors import closest, plural
+
+    assert SYNTHESIZERS.canonical("CMI") == "cmi" and SYNTHESIZERS.get("Cmi") is SYNTHESIZERS.get("cmi")
+    assert "DeepInversion" in SYNTHESIZERS and TEACHERS.canonical(" SmallCNN ") == "smallcnn"
+    with pytest.raises(UnknownNameError, match=r"unknown synthesizer 'CMIX'\. Did you mean 'cmi'\?"):
+        SYNTHESIZERS.get("CMIX")
+    with pytest.raises(UnknownNameError) as ei:
+        SYNTHESIZERS.get("qqqq")
+    assert "Did you mean" not in str(ei.value) and "Known synthesizers: " in str(ei.value)
+    assert closest("reel", ["real", "noise"]) == "real" and closest("LR", ["lr", "weight_decay"]) == "lr"
+    assert [plural(k) for k in ("key in [distill]", "value for distill.schedule", "TAR granularity", "dataset")] == [
+        "keys in [distill]", "values for distill.schedule", "TAR granularities", "datasets"]
