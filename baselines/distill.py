@@ -149,14 +149,66 @@ def _diagnostics(synth: Synthesizer, batch_size: int) -> dict[str, Any]:
         return {r.name: r.diagnostics(ctx) for r in regs}
 
 
+class DistillLoop:
+    """The loop's state at the end of an epoch, as ``on_epoch(epoch, record, loop)`` sees it.
+
+    ``loop.epoch_batches``: this epoch's synthesize() records (losses, gradient norms);
+    ``loop.state_dict()``: everything a resumed :func:`distill` needs to continue exactly
+    (student, optimizer, scheduler, grad scaler, synthesizer, accumulators incl. history,
+    random-stream states, the epoch), to be saved by the caller (``resume=`` loads it).
+    """
+
+    def __init__(self, synth: Synthesizer, opt: Any, sched: Any, scaler: Any, acc: dict[str, Any]):
+        self.synth, self.opt, self.sched, self.scaler, self.acc = synth, opt, sched, scaler, acc
+        self.epoch = -1
+        self.epoch_batches: list[dict[str, Any]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        import copy
+
+        from .provenance import rng_state
+
+        return {"epoch": self.epoch, "student": self.synth.student.state_dict(),
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "synthesizer": self.synth.state_dict(), "rng": rng_state(),
+                "acc": copy.deepcopy(dict(self.acc, timing=dict(self.acc["timing"])))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from .provenance import set_rng_state
+
+        self.synth.student.load_state_dict(state["student"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.synth.load_state_dict(state["synthesizer"])
+        self.acc.clear()
+        self.acc.update(state["acc"])
+        self.acc["timing"] = defaultdict(float, self.acc["timing"])
+        self.epoch = int(state["epoch"])
+        set_rng_state(state["rng"])
+
+
 def distill(synth: Synthesizer, test: tuple[Tensor, Tensor], cfg: DistillConfig | None = None,
             val: tuple[Tensor, Tensor] | None = None,
             on_eval: Callable[[int, dict[str, Any]], None] | None = None,
-            progress: bool = False) -> DistillResult:
-    """Distill ``synth.teacher`` into ``synth.student`` on ``synth``'s transfer set."""
+            progress: bool = False,
+            on_epoch: Callable[[int, dict[str, Any], DistillLoop], None] | None = None,
+            resume: dict[str, Any] | None = None, precision: str = "fp32") -> DistillResult:
+    """Distill ``synth.teacher`` into ``synth.student`` on ``synth``'s transfer set.
+
+    ``on_epoch(epoch, record, loop)`` runs after each epoch's history record (logs,
+    TensorBoard, checkpoints: ``loop.state_dict()``); ``resume`` (a ``loop.state_dict()``)
+    continues after its epoch with the same numbers as an uninterrupted run.
+    ``precision``: "fp32" | "bf16" | "fp16" (:mod:`baselines.precision`).
+    """
+    from .precision import autocast, check_precision, grad_scaler
+
     cfg = cfg or DistillConfig()
     teacher, student, spec, regs = synth.teacher, synth.student, synth.spec, synth.regularizers
     device = synth.device
+    check_precision(precision, device)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -172,49 +224,58 @@ def distill(synth: Synthesizer, test: tuple[Tensor, Tensor], cfg: DistillConfig 
     else:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, kd_epochs * cfg.kd_steps),
                                                            eta_min=cfg.eta_min)
-
-    synth_seconds, n_images, timing = 0.0, 0, defaultdict(float)
-    synth_losses: dict[str, float] = {}
-    batches: list[dict[str, Any]] = []
+    scaler = grad_scaler(precision, device)
+    # everything that accumulates over epochs (saved in checkpoints)
+    acc: dict[str, Any] = {"synth_seconds": 0.0, "n_images": 0, "timing": defaultdict(float),
+                           "synth_losses": {}, "batches": [], "history": [], "best": float("-inf"),
+                           "last": float("nan"), "val_acc": None, "agreement": None, "diagnostics": {},
+                           "kd_seconds": 0.0, "step": 0, "heldout": None}
+    loop = DistillLoop(synth, opt, sched, scaler, acc)
 
     def run_synthesis() -> None:
-        nonlocal synth_seconds, n_images, synth_losses
-        res = synth.synthesize()
-        synth_seconds += res.seconds
-        n_images += len(res.images)
+        with autocast(precision, device, "synthesis"):
+            res = synth.synthesize()
+        acc["synth_seconds"] += res.seconds
+        acc["n_images"] += len(res.images)
         for k, v in res.timing.items():
-            timing[k] += v
-        synth_losses = res.losses or synth_losses
-        batches.append({"epoch": synth.epoch, "seconds": res.seconds, "losses": dict(res.losses),
-                        "grad_norms": dict(res.grad_norms)})
+            acc["timing"][k] += v
+        acc["synth_losses"] = res.losses or acc["synth_losses"]
+        rec = {"epoch": synth.epoch, "seconds": res.seconds, "losses": dict(res.losses),
+               "grad_norms": dict(res.grad_norms)}
+        acc["batches"].append(rec)
+        loop.epoch_batches.append(rec)
 
-    heldout = None
-    if cfg.heldout_images > 0:
+    def evaluate_(model: nn.Module, x: Tensor, y: Tensor) -> float:
+        with autocast(precision, device, "eval"):
+            return evaluate(model, x, y, spec, cfg.eval_batch_size, device)
+
+    if resume is not None:
+        loop.load_state_dict(resume)
+    elif cfg.heldout_images > 0:
         while len(synth.pool) < cfg.heldout_images:
             run_synthesis()
-        heldout = synth.pool.pop_last(cfg.heldout_images)[0]
-        n_images -= cfg.heldout_images  # not part of the transfer set
-
-    history: list[dict[str, Any]] = []
-    best, last, val_acc, agreement = float("-inf"), float("nan"), None, None
-    diagnostics: dict[str, Any] = {}
-    kd_seconds, step = 0.0, 0
+        acc["heldout"] = synth.pool.pop_last(cfg.heldout_images)[0]
+        acc["n_images"] -= cfg.heldout_images  # not part of the transfer set
+    heldout = acc["heldout"]
     need_spiking = regs.needs_spiking("distill") and student.is_spiking
     use_regs = any(r.acts_in("distill") for r in regs)
     kd_shares = regs.grad_shares("distill")
     kd_scales: dict[str, float] = {}
     params = [p for p in student.parameters() if p.requires_grad]
-    epochs = range(cfg.epochs)
+    epochs = range(loop.epoch + 1, cfg.epochs)
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        epochs = tqdm(epochs, desc=f"distill[{synth.name}]", unit="epoch")
+        epochs = bar = tqdm(epochs, desc=f"distill[{synth.name}]", unit="epoch", initial=loop.epoch + 1,
+                            total=cfg.epochs)
     for epoch in epochs:
+        loop.epoch_batches = []
         synth.set_epoch(epoch)
         for _ in range(cfg.synth_batches):
             run_synthesis()
         if epoch == 0 and len(regs):
-            diagnostics["start"] = _diagnostics(synth, min(cfg.batch_size, 256))
+            acc["diagnostics"]["start"] = _diagnostics(synth, min(cfg.batch_size, 256))
         t0 = time.perf_counter()
         student.train()
         kd_sum = 0.0
@@ -222,35 +283,41 @@ def distill(synth: Synthesizer, test: tuple[Tensor, Tensor], cfg: DistillConfig 
         in_warmup = epoch < warmup
         for i in range(0 if in_warmup else cfg.kd_steps):
             x, _ = synth.sample(cfg.batch_size)
-            with torch.no_grad():
-                t_out = teacher.forward_features(x)
-            s_out = student.forward_features(x, record_spiking=need_spiking)
-            terms = {"kd": kd_loss(s_out.logits, t_out.logits, cfg.temperature)}
-            if use_regs:
-                ctx = StepContext("distill", x, None, t_out, s_out, teacher, student, spec,
-                                  step=step, epoch=epoch, synthesizer=synth.name)
-                terms.update(regs.terms(ctx))
-                if kd_shares and i == 0:  # gradient-share weights vs the KD term, once per epoch
+            with autocast(precision, device, "kd"):
+                with torch.no_grad():
+                    t_out = teacher.forward_features(x)
+                s_out = student.forward_features(x, record_spiking=need_spiking)
+                terms = {"kd": kd_loss(s_out.logits.float(), t_out.logits.float(), cfg.temperature)}
+                if use_regs:
+                    ctx = StepContext("distill", x, None, t_out, s_out, teacher, student, spec,
+                                      step=acc["step"], epoch=epoch, synthesizer=synth.name)
+                    terms.update(regs.terms(ctx))
+            if use_regs and kd_shares:
+                if i == 0:  # gradient-share weights vs the KD term, once per epoch
                     g_kd = _grad_norm(terms["kd"], params)
                     for k in kd_shares:
                         g = _grad_norm(terms[k], params) if k in terms else 0.0
                         kd_scales[k] = kd_shares[k] * g_kd / g if g > 1e-12 * max(g_kd, 1e-30) else 0.0
-                if kd_shares:
-                    terms = {k: (v * kd_scales.get(k, 0.0) if k in kd_shares else v) for k, v in terms.items()}
-            loss = total_loss(terms, "distillation", step)
+                terms = {k: (v * kd_scales.get(k, 0.0) if k in kd_shares else v) for k, v in terms.items()}
+            loss = total_loss(terms, "distillation", acc["step"])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
             if cfg.schedule == "cosine-step":
                 sched.step()
             kd_sum += float(terms["kd"].detach())
             for k, v in terms.items():
                 if k != "kd":
                     reg_sums[k] += float(v.detach())
-            step += 1
+            acc["step"] += 1
         if not in_warmup and cfg.schedule == "cosine-epoch":
             sched.step()
-        kd_seconds += time.perf_counter() - t0
+        acc["kd_seconds"] += time.perf_counter() - t0
         n_kd = 0 if in_warmup else cfg.kd_steps
         record: dict[str, Any] = {"epoch": epoch, "kd_loss": kd_sum / n_kd if n_kd else None,
                                   "pool": len(synth.pool), "lr": opt.param_groups[0]["lr"]}
@@ -258,29 +325,39 @@ def distill(synth: Synthesizer, test: tuple[Tensor, Tensor], cfg: DistillConfig 
             record["terms"] = {k: v / max(1, n_kd) for k, v in reg_sums.items()}
             reg_sums.clear()
         if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1:
-            last = evaluate(student, test[0], test[1], spec, cfg.eval_batch_size, device)
-            best = max(best, last)
+            acc["last"] = last = evaluate_(student, test[0], test[1])
+            acc["best"] = max(acc["best"], last)
             record["test_acc"] = last
             if val is not None:
-                val_acc = evaluate(student, val[0], val[1], spec, cfg.eval_batch_size, device)
-                record["val_acc"] = val_acc
+                acc["val_acc"] = record["val_acc"] = evaluate_(student, val[0], val[1])
             if heldout is not None:
-                pt = predict(teacher, heldout, spec, cfg.eval_batch_size, device)
-                ps = predict(student, heldout, spec, cfg.eval_batch_size, device)
-                agreement = 100.0 * (pt == ps).float().mean().item()
-                record["agreement"] = agreement
+                with autocast(precision, device, "eval"):
+                    pt = predict(teacher, heldout, spec, cfg.eval_batch_size, device)
+                    ps = predict(student, heldout, spec, cfg.eval_batch_size, device)
+                acc["agreement"] = record["agreement"] = 100.0 * (pt == ps).float().mean().item()
             if on_eval is not None:
                 on_eval(epoch, {k: record.get(k) for k in ("test_acc", "val_acc", "agreement")})
-        history.append(record)
+        acc["history"].append(record)
+        loop.epoch = epoch
+        if bar is not None:
+            post = {} if record["kd_loss"] is None else {"kd_loss": f"{record['kd_loss']:.4g}"}
+            if acc["last"] == acc["last"]:
+                post["test_acc"] = f"{acc['last']:.2f}%"
+            bar.set_postfix(post, refresh=False)
+        if on_epoch is not None:
+            on_epoch(epoch, record, loop)
+    diagnostics = acc["diagnostics"]
     if len(regs):
         diagnostics["end"] = _diagnostics(synth, min(cfg.batch_size, 256))
-    probed = [b["grad_norms"] for b in batches if b["grad_norms"]]
+    probed = [b["grad_norms"] for b in acc["batches"] if b["grad_norms"]]
     grad_norms = {k: sum(p[k] for p in probed if k in p) / sum(1 for p in probed if k in p)
                   for k in sorted({k for p in probed for k in p})}
+    best = acc["best"]
     return DistillResult(
-        student_acc=last, student_acc_best=best if best > float("-inf") else float("nan"),
-        val_acc=val_acc, agreement=agreement, history=history, images_synthesized=n_images,
-        synthesis_seconds=synth_seconds, distill_seconds=kd_seconds, synth_timing=dict(timing),
-        synth_losses=synth_losses, diagnostics=diagnostics, synth_batches=batches,
+        student_acc=acc["last"], student_acc_best=best if best > float("-inf") else float("nan"),
+        val_acc=acc["val_acc"], agreement=acc["agreement"], history=acc["history"],
+        images_synthesized=acc["n_images"], synthesis_seconds=acc["synth_seconds"],
+        distill_seconds=acc["kd_seconds"], synth_timing=dict(acc["timing"]),
+        synth_losses=acc["synth_losses"], diagnostics=diagnostics, synth_batches=acc["batches"],
         grad_norms=grad_norms, kd_warmup_epochs=warmup,
     )

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -75,6 +75,22 @@ def preserve_rng() -> Iterator[None]:
         finally:
             random.setstate(py)
             np.random.set_state(npy)
+
+
+def rng_state() -> dict[str, Any]:
+    """The random streams' states (python, numpy, torch CPU and every CUDA device), for a
+    checkpoint; :func:`set_rng_state` restores them, so a resumed run draws the same numbers."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the states :func:`rng_state` returned."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def pick_device(name: str | torch.device = "auto") -> torch.device:
@@ -163,5 +179,5 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-__all__ = ["set_seed", "deterministic_algorithms", "preserve_rng", "pick_device", "git_commit", "package_versions",
+__all__ = ["set_seed", "rng_state", "set_rng_state", "deterministic_algorithms", "preserve_rng", "pick_device", "git_commit", "package_versions",
            "peak_rss_mb", "now_iso", "TRACKED_PACKAGES"]

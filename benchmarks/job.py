@@ -42,10 +42,16 @@ from baselines import config as cfgmod
 from baselines.errors import ConfigError, UnknownNameError
 from baselines.registry import DATASETS, REGULARIZERS, STUDENTS, SYNTHESIZERS
 
+from .longjob import save_samples  # noqa: F401 - re-exported (was defined here)
+
 #: Sections every resolved config has, besides the synthesizer's and the regularizers'.
 FIXED_SECTIONS = ("run", "distill")
 #: Keys left out of the config hash because they cannot change a result.
-UNHASHED_RUN_KEYS = ("progress",)
+UNHASHED_RUN_KEYS = ("progress", "tensorboard", "checkpoint_every", "keep_checkpoint")
+#: Keys hashed at a fixed value (they cannot change a result; hashed since before, so ids stay)
+PINNED_RUN_KEYS = {"save_student": False}
+#: Keys hashed only when they differ from this default (added later: default ids stay)
+DEFAULT_DROPPED_RUN_KEYS = {"precision": "fp32"}
 #: Seed of the data subsets and the validation split (fixed: run seeds share the data).
 DATA_SEED = 0
 
@@ -74,7 +80,12 @@ class RunConfig:
     teacher_seed: the seed the teacher is trained with (None = ``seed``); fix it to vary
         only the synthesis and distillation across seeds, with one shared teacher.
     metrics_images: test images the firing rate and SOPs are measured on.
-    save_student: also write ``student.pt`` (the state_dict) next to result.json.
+    save_student: write ``student.pt`` (the state_dict) next to result.json (default on;
+        the row records it as student_checkpoint with data_shape, for ``dfkd export``).
+    precision: "fp32" | "bf16" | "fp16" autocast (baselines.precision; bf16 is ~10x slower
+        than fp32 on CPUs without native bf16). tensorboard: write OUT/tb/ events.
+    checkpoint_every: epochs between OUT/checkpoint.pt saves (0 = none); a re-run resumes
+        from it and deletes it when done unless keep_checkpoint (benchmarks.longjob).
     """
 
     dataset: str = "fashion-mnist"
@@ -97,8 +108,12 @@ class RunConfig:
     test_subset: int | None = None
     val_size: int = 0
     metrics_images: int = 256
-    save_student: bool = False
+    save_student: bool = True
     progress: bool = False
+    precision: str = "fp32"
+    tensorboard: bool = False
+    checkpoint_every: int = 1
+    keep_checkpoint: bool = False
 
     def validate(self) -> None:
         cfgmod.require(self.T >= 1, f"run.T = {self.T} must be >= 1 (time steps).")
@@ -114,6 +129,10 @@ class RunConfig:
         for name in self.regularizers:
             cfgmod.require(isinstance(name, str) and name != "", f"run.regularizers: bad name {name!r}")
         from baselines.neuron_backend import BACKENDS
+        from baselines.precision import check_precision
+
+        check_precision(self.precision)
+        cfgmod.nonneg("run", checkpoint_every=self.checkpoint_every)
 
         cfgmod.require(self.neuron_backend in BACKENDS,
                        f"run.neuron_backend = {self.neuron_backend!r}: use one of {', '.join(BACKENDS)}.")
@@ -142,11 +161,12 @@ def resolve_config(user: dict[str, Any] | None = None) -> dict[str, Any]:
     ``NAME@CHECKPOINT`` whose file is missing, PluginError for a plugin that fails to load.
     Idempotent: resolving a resolved config returns it unchanged.
     """
+    from .names import canonical_names
     from .teachers import check_teacher_spec
 
     if user is not None and not isinstance(user, dict):
         raise ConfigError(f"a config is a table of sections, got {type(user).__name__}")
-    user = dict(user or {})
+    user = canonical_names(dict(user or {}))
     run = cfgmod.build(RunConfig, _section(user, "run"), "run")
     DATASETS.entry(run.dataset)
     check_teacher_spec(run.teacher)
@@ -192,10 +212,17 @@ def default_config() -> dict[str, Any]:
 
 def config_hash(cfg: dict[str, Any]) -> str:
     """Stable 12-hex-digit hash of a resolved config (:func:`baselines.config.config_hash`),
-    ignoring keys that cannot change a result (``run.progress``). It is the run_id."""
+    ignoring keys that cannot change a result (``run.progress``, ...). It is the run_id."""
     c = copy.deepcopy(cfg)
+    run = c.get("run", {})
     for key in UNHASHED_RUN_KEYS:
-        c.get("run", {}).pop(key, None)
+        run.pop(key, None)
+    for key, val in PINNED_RUN_KEYS.items():
+        if key in run:
+            run[key] = val
+    for key, val in DEFAULT_DROPPED_RUN_KEYS.items():
+        if run.get(key) == val:
+            run.pop(key)
     return cfgmod.config_hash(c)
 
 
@@ -284,7 +311,9 @@ def run_job(cfg: dict[str, Any], out_dir: str | None = None,
     synth_losses, diagnostics, grad_norms (each term's gradient norm relative to the BN term's,
     w.r.t. the images and the optimized tensors, mean over probed batches), synth_batches
     (per synthesize() call: losses and gradient norms), kd_warmup_epochs, history,
-    peak_rss_mb, device, status ("ok" / "failed";
+    peak_rss_mb, device, precision, flags (baselines.health.divergence_flags), teacher_import
+    (how a MODEL@CHECKPOINT's keys were read), student_checkpoint + data_shape (channels,
+    image_size, num_classes: for ``dfkd export``), resumed_from_epoch, status ("ok" / "failed";
     "pruned" is written when a tuner prunes, then the exception propagates), error,
     error_type, traceback, config, config_hash, git_commit, versions, started, finished.
     """
@@ -309,13 +338,20 @@ def run_job(cfg: dict[str, Any], out_dir: str | None = None,
         "total_seconds": None, "synth_timing": None, "synth_losses": None, "diagnostics": None,
         "grad_norms": None, "synth_batches": None, "kd_warmup_epochs": None,
         "history": [], "n_train": None, "n_test": None, "n_val": None, "data_source": None,
-        "peak_rss_mb": None, "device": None, "config": cfg, "config_hash": h,
+        "peak_rss_mb": None, "device": None, "config": cfg, "config_hash": h, "precision": run["precision"],
+        "flags": [], "teacher_import": None, "student_checkpoint": None, "data_shape": None,
+        "resumed_from_epoch": None,
         "git_commit": git_commit(), "versions": package_versions(), "started": now_iso(),
         "finished": None,
     }
-    prep = prepare(cfg)
+    from .longjob import JobHooks
+
+    prep = prepare(cfg)  # a preflight error raises: nothing computed, nothing written
+    hooks = JobHooks(cfg, out_dir, h) if out_dir is not None else None
+    spec = prep.bundle.spec
     row.update(device=str(prep.device), n_train=len(prep.train[1]), n_test=len(prep.test[1]),
-               n_val=len(prep.val[1]) if prep.val is not None else 0, data_source=prep.bundle.source)
+               n_val=len(prep.val[1]) if prep.val is not None else 0, data_source=prep.bundle.source,
+               data_shape={"channels": spec.channels, "image_size": spec.image_size, "num_classes": spec.num_classes})
 
     def record_eval(epoch: int, metrics: dict[str, Any]) -> None:
         row["history"].append({"epoch": epoch, **metrics})
@@ -327,11 +363,16 @@ def run_job(cfg: dict[str, Any], out_dir: str | None = None,
                    total_seconds=time.perf_counter() - t_start)
         if out_dir is not None:
             atomic_write_json(f"{out_dir}/result.json", row, indent=2)
+        if hooks is not None:
+            hooks.finish(row)
         return row
 
     try:
-        _compute(cfg, prep, row, record_eval, out_dir)
+        _compute(cfg, prep, row, record_eval, out_dir, hooks)
     except KeyboardInterrupt:
+        if hooks is not None:
+            hooks.log("interrupted (KeyboardInterrupt); re-run the same command to resume from the checkpoint")
+            hooks.close()
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes a row
         if _is_pruned(exc):
@@ -344,8 +385,9 @@ def run_job(cfg: dict[str, Any], out_dir: str | None = None,
 
 
 def _compute(cfg: dict[str, Any], prep: Prepared, row: dict[str, Any],
-             on_eval: Callable[[int, dict[str, Any]], None], out_dir: str | None) -> None:
+             on_eval: Callable[[int, dict[str, Any]], None], out_dir: str | None, hooks: Any = None) -> None:
     from baselines.distill import distill, evaluate
+    from baselines.health import divergence_flags, kd_loss_bound
     from baselines.snn_metrics import measure_spiking
     from baselines.synthesizers.base import SynthesisSetup
 
@@ -361,20 +403,23 @@ def _compute(cfg: dict[str, Any], prep: Prepared, row: dict[str, Any],
                                      seed=teacher_seed(run), device=device, progress=run["progress"])
     row.update(teacher_cached=tinfo.get("cached"), teacher_checkpoint=tinfo.get("checkpoint"),
                teacher_seconds=0.0 if tinfo.get("cached") or tinfo.get("user_checkpoint")
-               else tinfo.get("train_seconds", time.perf_counter() - t0))
+               else tinfo.get("train_seconds", time.perf_counter() - t0), teacher_import=tinfo.get("import"))
     row["teacher_acc"] = _nan_to_none(evaluate(teacher, *prep.test, spec, dcfg.eval_batch_size, device))
     student = prep.student.to(device)
     prep.regularizers.setup(teacher, student, spec)
     setup = SynthesisSetup(teacher, student, spec, prep.regularizers, device, real=prep.train,
                            student_mode=dcfg.synthesis_student_mode, grad_probe_every=dcfg.grad_probe_every)
     synth = prep.synth_cls(setup, cfg[run["synthesizer"]])
-    res = distill(synth, prep.test, dcfg, val=prep.val, on_eval=on_eval, progress=run["progress"])
+    res = distill(synth, prep.test, dcfg, val=prep.val, on_eval=on_eval, progress=run["progress"],
+                  on_epoch=hooks.on_epoch if hooks is not None else None,
+                  resume=hooks.resume(row) if hooks is not None else None, precision=run["precision"])
     row.update(student_acc=_nan_to_none(res.student_acc), student_acc_best=_nan_to_none(res.student_acc_best),
                val_acc=res.val_acc, agreement=res.agreement, history=res.history,
                images_synthesized=res.images_synthesized, synthesis_seconds=res.synthesis_seconds,
                distill_seconds=res.distill_seconds, synth_timing=res.synth_timing,
                synth_losses=res.synth_losses, diagnostics=res.diagnostics, grad_norms=res.grad_norms,
-               synth_batches=res.synth_batches, kd_warmup_epochs=res.kd_warmup_epochs)
+               synth_batches=res.synth_batches, kd_warmup_epochs=res.kd_warmup_epochs,
+               flags=divergence_flags(res.history, spec.num_classes, kd_loss_bound(spec.num_classes, dcfg.temperature)))
     if out_dir is not None:
         save_samples(synth, f"{out_dir}/samples.png")
     n = min(run["metrics_images"], len(prep.test[1]))
@@ -382,30 +427,15 @@ def _compute(cfg: dict[str, Any], prep: Prepared, row: dict[str, Any],
         x = spec.normalize(prep.test[0][:n].float().div(255).to(device))
         m = measure_spiking(student, x, batch_size=dcfg.eval_batch_size)
         row.update(spiking=m, firing_rate=m.get("mean_firing_rate"), sops_per_image=m.get("sops_per_image"))
+    if hooks is not None:
+        hooks.on_metrics(row)
     if run["save_student"] and out_dir is not None:
         import os
 
         os.makedirs(out_dir, exist_ok=True)
-        torch.save({k: v.detach().cpu() for k, v in student.state_dict().items()}, f"{out_dir}/student.pt")
-
-
-def save_samples(synth: Any, path: str, n: int = 32, nrow: int = 8) -> str | None:
-    """Write the last ``n`` images of the synthesizer's pool (the latest synthesized, or the
-    real images it served) as a PNG grid, sorted by target class; None if the pool is
-    empty. Uses no random numbers, so it never changes a run's results."""
-    import os
-
-    from torchvision.utils import save_image
-
-    pool = getattr(synth, "pool", None)
-    if pool is None or len(pool) == 0:
-        return None
-    x, y = pool.tensors()
-    x, y = x[-n:], y[-n:]
-    order = torch.argsort(y, stable=True)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    save_image(x[order].float().div(255.0), path, nrow=nrow, padding=1)
-    return path
+        path = os.path.abspath(f"{out_dir}/student.pt")
+        torch.save({k: v.detach().cpu() for k, v in student.state_dict().items()}, path)
+        row["student_checkpoint"] = path
 
 
 __all__ = ["RunConfig", "save_samples", "resolve_config", "default_config", "config_hash", "prepare", "run_job"]

@@ -13,7 +13,6 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from baselines.config import config_hash
 from baselines.errors import ConfigError, UnknownNameError
 
 from .cost import cost_model, estimate_seconds
@@ -46,11 +45,14 @@ def job_label(dataset: str, teacher: str, student: str, synthesizer: str, regs: 
 
 
 def job_id_of(cfg: dict[str, Any]) -> str:
-    """Hash of the resolved config without the machine-local run keys."""
+    """Hash of the resolved config without the machine-local run keys (and, as the run_id,
+    without the keys that cannot change a result: :func:`benchmarks.job.config_hash`)."""
+    from .job import config_hash as run_hash
+
     ident = copy.deepcopy(cfg)
     for key in MACHINE_KEYS:
         ident.get("run", {}).pop(key, None)
-    return config_hash(ident)
+    return run_hash(ident)
 
 
 def teacher_key(run: dict[str, Any]) -> tuple[Any, ...]:

@@ -1,0 +1,53 @@
+"""Mixed precision (``run.precision``): autocast contexts and the fp16 gradient scaler.
+
+``fp32`` (default) runs everything in float32. ``bf16`` autocasts the KD step, the
+synthesis forward passes and the evaluation to bfloat16 (CPU through
+``torch.autocast("cpu")``, CUDA through ``torch.autocast("cuda")``). ``fp16`` is CUDA only:
+the KD step and evaluation autocast to float16 with a ``torch.amp.GradScaler`` on the KD
+loss; synthesis stays float32 (the synthesizers' own optimizers take no scaler, and
+unscaled float16 image gradients underflow).
+
+Losses are computed in float32 (logits are cast up before the KL). On CPUs without native
+bfloat16 (e.g. AVX2-only AMD EPYC) bf16 is much *slower* than fp32 (measured ~10x for the
+spiking student: ``python -m benchmarks.spiking_speed --precision bf16``); it pays only on
+GPUs and CPUs with AMX/AVX512-BF16.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str, device: torch.device | str | None = None) -> None:
+    """ConfigError for an unknown precision, or fp16 on a CPU device."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"run.precision = {precision!r}: use one of {', '.join(PRECISIONS)}.")
+    if precision == "fp16" and device is not None and torch.device(device).type != "cuda":
+        raise ConfigError("run.precision = 'fp16' needs a CUDA device (float16 autocast on CPU is not "
+                          "supported for training); use 'bf16' or 'fp32' on CPU.")
+
+
+def autocast(precision: str, device: torch.device | str, where: str = "kd") -> Any:
+    """The autocast context of ``precision`` on ``device`` for ``where`` ("kd", "eval" or
+    "synthesis"); a null context for fp32 (and for fp16 synthesis, see module docstring)."""
+    if precision == "fp32" or (precision == "fp16" and where == "synthesis"):
+        return contextlib.nullcontext()
+    dev = torch.device(device).type
+    return torch.autocast(device_type="cuda" if dev == "cuda" else "cpu", dtype=_DTYPES[precision])
+
+
+def grad_scaler(precision: str, device: torch.device | str) -> Any:
+    """A GradScaler for fp16 on CUDA, else None (bf16 and fp32 need no loss scaling)."""
+    if precision != "fp16" or torch.device(device).type != "cuda":
+        return None
+    return torch.amp.GradScaler("cuda")
+
+
+__all__ = ["PRECISIONS", "check_precision", "autocast", "grad_scaler"]

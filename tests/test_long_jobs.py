@@ -1,0 +1,151 @@
+"""Long jobs (issue 14): job.log, TensorBoard events, checkpoint/resume with identical
+numbers, run.precision, and the row's new fields (flags, student_checkpoint, data_shape)."""
+import copy
+import json
+
+import pytest
+import torch
+
+from benchmarks.job import config_hash, resolve_config, run_job
+from benchmarks.longjob import CHECKPOINT, LOG
+
+
+@pytest.fixture(scope="module", autouse=True)
+def env(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DFKD_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+def tiny(epochs=3, synth="deepinversion", **run):
+    r = dict(dataset="toy", teacher="smallcnn", teacher_epochs=1, student="spiking_smallcnn", T=2,
+             synthesizer=synth, device="cpu", metrics_images=16, train_subset=128, test_subset=32)
+    r.update(run)
+    cfg = {"run": r, "distill": {"epochs": epochs, "kd_steps": 2, "batch_size": 16, "eval_batch_size": 64}}
+    if synth == "deepinversion":
+        cfg["deepinversion"] = {"batch_size": 16, "iterations": 2}
+    return cfg
+
+
+class Stop(KeyboardInterrupt):
+    pass
+
+
+def stop_at(k):
+    def on_eval(epoch, metrics):
+        if epoch == k:
+            raise Stop
+    return on_eval
+
+
+def _student(d):
+    return torch.load(d / "student.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("synth", ["deepinversion", "fast"])
+def test_a_killed_job_resumes_to_the_same_numbers(tmp_path, synth):
+    cfg = tiny(synth=synth)
+    if synth == "fast":
+        cfg["fast"] = {"batch_size": 16, "warmup": 1, "steps": 2}
+    full = run_job(copy.deepcopy(cfg), str(tmp_path / "full"))
+    assert full["status"] == "ok" and full["resumed_from_epoch"] is None
+    assert not (tmp_path / "full" / CHECKPOINT).exists()  # deleted when the job ends ok
+    part = tmp_path / "part"
+    with pytest.raises(Stop):
+        run_job(copy.deepcopy(cfg), str(part), on_eval=stop_at(1))
+    state = torch.load(part / CHECKPOINT, weights_only=False)
+    assert state["loop"]["epoch"] == 0 and state["config_hash"] == full["config_hash"]
+    again = run_job(copy.deepcopy(cfg), str(part))
+    assert again["status"] == "ok" and again["resumed_from_epoch"] == 1
+    assert again["student_acc"] == full["student_acc"]
+    assert again["history"] == full["history"]
+    assert again["images_synthesized"] == full["images_synthesized"]
+    assert [b["losses"] for b in again["synth_batches"]] == [b["losses"] for b in full["synth_batches"]]
+    a, b = _student(tmp_path / "full"), _student(part)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log = (part / LOG).read_text()
+    assert "resuming after epoch 1/3" in log and "interrupted" in log and "finished ok" in log
+
+
+def test_checkpoint_of_another_config_is_ignored_and_kept_on_request(tmp_path):
+    cfg = tiny(epochs=2, keep_checkpoint=True, checkpoint_every=2)
+    with pytest.raises(Stop):
+        run_job(copy.deepcopy(cfg), str(tmp_path), on_eval=stop_at(1))
+    assert not (tmp_path / CHECKPOINT).exists()  # every 2 epochs: none yet at epoch 0
+    row = run_job(copy.deepcopy(cfg), str(tmp_path))
+    assert row["resumed_from_epoch"] is None and (tmp_path / CHECKPOINT).exists()  # kept
+    other = tiny(epochs=2, seed=1)
+    row = run_job(other, str(tmp_path))
+    assert row["status"] == "ok" and row["resumed_from_epoch"] is None
+    assert "belongs to another config" in (tmp_path / LOG).read_text()
+
+
+def test_log_tensorboard_and_row_fields(tmp_path):
+    row = run_job(tiny(epochs=2, tensorboard=True), str(tmp_path))
+    assert row["status"] == "ok"
+    log = (tmp_path / LOG).read_text()
+    assert "toy: smallcnn -> spiking_smallcnn" in log and "epoch 2/2" in log and "kd_loss" in log
+    assert "test_acc" in log and "firing rate" in log
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(tmp_path / "tb"))
+    ea.Reload()
+    tags = set(ea.Tags()["scalars"])
+    assert {"kd/loss", "acc/test", "lr", "acc/student_final"} <= tags
+    assert any(t.startswith("synth/") for t in tags) and any(t.startswith("spiking/") for t in tags)
+    assert len(ea.Scalars("kd/loss")) == 2
+    # the row: student saved by default with the data shape, flags, precision
+    assert row["student_checkpoint"] == str((tmp_path / "student.pt").resolve())
+    assert row["data_shape"] == {"channels": 1, "image_size": 16, "num_classes": 4}
+    assert isinstance(row["flags"], list) and row["precision"] == "fp32" and row["teacher_import"] is None
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["data_shape"] == row["data_shape"]
+
+
+def test_failed_job_logs_its_error(tmp_path):
+    cfg = tiny(epochs=1)
+    cfg["distill"]["lr"] = 10.0
+    cfg["distill"]["temperature"] = 1e-3  # blows up the KD loss
+    row = run_job(cfg, str(tmp_path))
+    log = (tmp_path / LOG).read_text()
+    if row["status"] == "failed":
+        assert row["error"] in log and "traceback" in log
+    else:
+        assert row["flags"]  # finished, but flagged
+
+
+def test_hash_ignores_the_keys_that_cannot_change_a_result():
+    base = resolve_config(tiny())
+    h = config_hash(base)
+    for key, val in (("tensorboard", True), ("checkpoint_every", 5), ("keep_checkpoint", True),
+                     ("save_student", False), ("progress", True)):
+        c = copy.deepcopy(base)
+        c["run"][key] = val
+        assert config_hash(c) == h, key
+    c = copy.deepcopy(base)
+    c["run"]["precision"] = "bf16"
+    assert config_hash(c) != h
+    legacy = copy.deepcopy(base)  # a config from before these keys existed hashes the same
+    for k in ("precision", "tensorboard", "checkpoint_every", "keep_checkpoint"):
+        legacy["run"].pop(k)
+    legacy["run"]["save_student"] = False
+    assert config_hash(legacy) == h
+
+
+def test_resolve_canonicalizes_names_and_checks_precision():
+    from baselines.errors import ConfigError
+
+    cfg = tiny()
+    cfg["run"]["synthesizer"] = "DeepInversion"
+    cfg["DEEPINVERSION"] = cfg.pop("deepinversion")
+    out = resolve_config(cfg)
+    assert out["run"]["synthesizer"] == "deepinversion" and out["deepinversion"]["iterations"] == 2
+    with pytest.raises(ConfigError, match="run.precision"):
+        resolve_config(tiny(precision="fp8"))
+
+
+def test_bf16_runs_on_cpu_and_is_recorded(tmp_path):
+    row = run_job(tiny(epochs=1, precision="bf16", metrics_images=0), None)
+    assert row["status"] == "ok", row["error"]
+    assert row["precision"] == "bf16" and row["student_acc"] is not None
+    assert row["config_hash"] != config_hash(resolve_config(tiny(epochs=1, metrics_images=0)))
