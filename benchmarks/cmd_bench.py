@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a config value of every job that has the section (e.g. "
                         "--set distill.epochs=2); executor.<name>.<key>=V sets an executor option")
     p.add_argument("--data-root", metavar="DIR", help="where the datasets are (run.data_root)")
+    p.add_argument("--download", action="store_true", help="download missing datasets (run.download)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="each job writes TensorBoard events to OUT/jobs/<id>/tb/ (run.tensorboard)")
     p.add_argument("--no-report", action="store_true", help="do not rebuild the leaderboard and plots")
 
 
@@ -56,7 +59,9 @@ def options(args: argparse.Namespace):
 
     return BenchOptions(preset=args.preset, out=args.out, executor=args.executor, workers=args.workers,
                         only=list(args.only or []), dry_run=args.dry_run, retry_failed=args.retry_failed,
-                        params_file=args.params_file, sets=list(args.set or []), data_root=args.data_root,
+                        params_file=args.params_file, data_root=args.data_root,
+                        sets=[*(args.set or []), *(["run.download=true"] if args.download else []),
+                              *(["run.tensorboard=true"] if args.tensorboard else [])],
                         report=not args.no_report, argv=list(getattr(args, "argv", None) or sys.argv[1:]))
 
 

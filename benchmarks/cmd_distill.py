@@ -16,7 +16,7 @@ RUN_FLAGS = {
     "dataset": "dataset", "teacher": "teacher", "student": "student", "synthesizer": "synthesizer",
     "regularizer": "regularizers", "seed": "seed", "device": "device", "data_root": "data_root",
     "T": "T", "teacher_epochs": "teacher_epochs", "train_subset": "train_subset",
-    "test_subset": "test_subset", "val_size": "val_size",
+    "test_subset": "test_subset", "val_size": "val_size", "precision": "precision",
 }
 
 
@@ -47,6 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-subset", type=int, help="use N random training images (smoke runs)")
     p.add_argument("--test-subset", type=int, help="evaluate on N random test images")
     p.add_argument("--val-size", type=int, help="carve N labelled validation images out of train")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="autocast of the KD step, synthesis and evaluation (default fp32; bf16 is ~10x "
+                        "slower on CPUs without native bf16; fp16 needs CUDA)")
+    p.add_argument("--tensorboard", action="store_true", help="write TensorBoard events to OUT/tb/")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and run_id; run nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -68,6 +72,8 @@ def user_config(args: argparse.Namespace) -> dict[str, Any]:
     flags = {key: getattr(args, attr) for attr, key in RUN_FLAGS.items() if getattr(args, attr) is not None}
     if args.download:
         flags["download"] = True
+    if args.tensorboard:
+        flags["tensorboard"] = True
     flags["progress"] = not args.quiet
     user = deep_merge(user, {"run": flags})
     user = canonical_names(apply_sets(user, args.set))

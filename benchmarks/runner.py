@@ -23,6 +23,7 @@ from . import executors
 from .cost import cost_model, format_seconds, teacher_seconds
 from .jobs import Job, Resolver, expand, filter_jobs, teacher_keys
 from .preflight import check_datasets, prepare_teachers
+from .progress import BenchProgress
 from .preset import EXECUTORS, Preset, load_preset, split_sets, validate_preset  # noqa: F401 - re-exported
 from .rows import ResultRow
 from .store import check_out_dir, job_state, pending, read_rows, remove_partial_writes, write_manifest
@@ -44,6 +45,7 @@ class BenchOptions:
     data_root: str | None = None
     report: bool = True
     argv: list[str] | None = None
+    progress_every: float = 60.0  # seconds between progress lines on stderr while jobs run (0 = none)
     job_fn: str | None = None  # seam: "module:function" run instead of run_job / run_scratch
     resolve: Resolver | None = None  # seam: the config resolver
 
@@ -118,16 +120,19 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> int:
         del bundles
         specs = [executors.job_spec(j, out, job_fn=opts.job_fn) for j in todo]
         n_done = [0]
+        prog = BenchProgress(todo, {s["job_id"]: s["job_dir"] for s in specs}, interval=opts.progress_every)
 
         def on_done(summary: dict[str, Any]) -> None:
             n_done[0] += 1
+            prog.done(summary)
             acc = summary.get("student_acc")
             acc_s = f" acc {acc:.2f}%" if isinstance(acc, (int, float)) and acc == acc else ""
             err = f" error: {summary.get('error')}" if summary.get("status") != "ok" else ""
             log(f"[{n_done[0]}/{len(todo)}] {summary.get('status')} {summary.get('seconds', 0):.0f}s "
-                f"{summary.get('label')}{acc_s}{err}")
+                f"{summary.get('label')}{acc_s}{err} | {prog.line()}")
 
-        executors.run_jobs(specs, opts.executor, workers, ex_opts, out, on_done)
+        with prog:  # a line on stderr every progress_every seconds while the jobs run
+            executors.run_jobs(specs, opts.executor, workers, ex_opts, out, on_done)
     rows = read_rows(out)
     failed = [j for j in jobs if job_state(rows.get(j.job_id)) != "done"]
     if opts.report:

@@ -149,3 +149,45 @@ def test_bf16_runs_on_cpu_and_is_recorded(tmp_path):
     assert row["status"] == "ok", row["error"]
     assert row["precision"] == "bf16" and row["student_acc"] is not None
     assert row["config_hash"] != config_hash(resolve_config(tiny(epochs=1, metrics_images=0)))
+
+
+def test_bench_progress_counts_running_jobs_and_estimates_the_eta(tmp_path):
+    from benchmarks.jobs import Job
+    from benchmarks.progress import BenchProgress
+
+    now = [0.0]
+    jobs = [Job(f"j{i}", f"label{i}", "distill", {}, 10.0 * (i + 1)) for i in range(3)]  # est 10, 20, 30
+    dirs = {j.job_id: str(tmp_path / j.job_id) for j in jobs}
+    lines = []
+    p = BenchProgress(jobs, dirs, interval=0, log=lines.append, clock=lambda: now[0])
+    assert p.eta() is None and "0/3 finished" in p.line() and "ETA ?" in p.line()
+    (tmp_path / "j0").mkdir()
+    (tmp_path / "j0" / "started").write_text("1 0\n")
+    (tmp_path / "j1").mkdir()
+    (tmp_path / "j1" / "started").write_text("1 0\n")
+    assert p.running() == 2 and "2 running, 1 pending" in p.line()
+    now[0] = 20.0
+    p.done({"job_id": "j0", "status": "ok"})
+    p.done({"job_id": "j1", "status": "failed"})
+    (tmp_path / "j0" / "started").unlink()
+    assert p.running() == 0  # finished jobs never count as running, marker or not
+    assert p.eta() == pytest.approx(20.0 * 30 / 30)
+    line = p.line()
+    assert "2/3 finished (1 ok, 1 failed), 0 running, 1 pending" in line and "ETA 20s" in line
+    with BenchProgress(jobs, dirs, interval=0.01, log=lines.append) as q:  # the periodic line
+        import time
+        time.sleep(0.1)
+    assert any(line.startswith("progress:") for line in lines) and q._thread is None
+
+
+def test_bench_flags_become_run_keys():
+    import argparse
+
+    from benchmarks import cmd_bench
+
+    ap = argparse.ArgumentParser()
+    cmd_bench.add_arguments(ap)
+    opts = cmd_bench.options(ap.parse_args(["--preset", "quick", "--download", "--tensorboard",
+                                            "--data-root", "/d", "--set", "distill.epochs=1"]))
+    assert opts.sets == ["distill.epochs=1", "run.download=true", "run.tensorboard=true"]
+    assert opts.data_root == "/d"
