@@ -1,9 +1,10 @@
 """``dfkd export RUN_DIR --format nir|onnx|torchscript``: write a run's student (or teacher)
 for other tools.
 
-The model is rebuilt from RUN_DIR/result.json (student name, T, neuron, surrogate; input
-channels and classes from the weights) and its weights: RUN_DIR/student.pt, which a run
-writes with ``--set run.save_student=true`` (or ``--checkpoint FILE``). NIR needs a
+The model is rebuilt from RUN_DIR/result.json (student name, T, neuron, surrogate,
+student_args; channels, image size and classes from the row's data_shape) and its weights:
+RUN_DIR/student.pt, which every run with an out dir writes (``run.save_student``, default
+true; or ``--checkpoint FILE``). Benchmark runs: RUN_DIR is OUT/jobs/<job_id>. NIR needs a
 sequential average-pooling student (``spiking_smallcnn_avg``): NIR has no max-pool node.
 ONNX and TorchScript take any model. ``pip install 'stars-dfkd[export]'`` installs nir,
 snntorch and onnx.

@@ -208,8 +208,10 @@ def load_run_model(run_dir: str | os.PathLike, which: str = "student", checkpoin
                    image_size: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a run's student (or teacher) from ``RUN_DIR/result.json`` and its weights.
 
-    Student weights: ``checkpoint``, else ``RUN_DIR/student.pt`` (written when the run had
-    ``run.save_student = true``). Teacher weights: ``checkpoint``, else the path the run
+    Student weights: ``checkpoint``, else ``RUN_DIR/student.pt`` (written by default,
+    ``run.save_student``), else the row's ``student_checkpoint``. The shape (channels,
+    image size, classes) comes from the row's ``data_shape`` (older rows: the weights and
+    the dataset's name). Teacher weights: ``checkpoint``, else the path the run
     recorded (``teacher_checkpoint``). Returns (model in eval mode, info with name, T,
     in_channels, num_classes, image_size, checkpoint).
     """
@@ -223,6 +225,8 @@ def load_run_model(run_dir: str | os.PathLike, which: str = "student", checkpoin
     run = (row.get("config") or {}).get("run") or {}
     if which == "student":
         ckpt = Path(checkpoint) if checkpoint else run_dir / "student.pt"
+        if not checkpoint and not ckpt.is_file() and row.get("student_checkpoint"):
+            ckpt = Path(row["student_checkpoint"])  # the path the run recorded
         if not ckpt.is_file():
             raise CheckpointError(
                 f"{ckpt} does not exist: this run did not save its student. Re-run it with "
@@ -239,13 +243,18 @@ def load_run_model(run_dir: str | os.PathLike, which: str = "student", checkpoin
     from .teachers import extract_state_dict
 
     state = extract_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True), str(ckpt))
-    cin, ncls = _model_shape(state)
-    size = int(image_size or IMAGE_SIZES.get(str(row.get("dataset") or run.get("dataset")), 32))
+    shape = row.get("data_shape") or {}  # recorded by runs since student_checkpoint was added
+    if shape:
+        cin, ncls = int(shape["channels"]), int(shape["num_classes"])
+    else:  # older rows: read from the weights and the dataset's name
+        cin, ncls = _model_shape(state)
+    size = int(image_size or shape.get("image_size")
+               or IMAGE_SIZES.get(str(row.get("dataset") or run.get("dataset")), 32))
     if which == "student":
         name = run.get("student") or row.get("student")
         model = STUDENTS.get(name)(in_channels=cin, num_classes=ncls, image_size=size,
                                    T=int(run.get("T", 4)), neuron=run.get("neuron", "lif"),
-                                   surrogate=run.get("surrogate", "atan"))
+                                   surrogate=run.get("surrogate", "atan"), **(run.get("student_args") or {}))
     else:
         from .teachers import parse_teacher_spec
 

@@ -100,6 +100,12 @@ def test_log_tensorboard_and_row_fields(tmp_path):
     assert isinstance(row["flags"], list) and row["precision"] == "fp32" and row["teacher_import"] is None
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["data_shape"] == row["data_shape"]
+    # dfkd export rebuilds the student from the row's fields, no guessing
+    from benchmarks.export import export_run
+
+    path, info = export_run(tmp_path, "torchscript", str(tmp_path / "s.ts"))
+    assert (info["in_channels"], info["image_size"], info["num_classes"]) == (1, 16, 4)
+    assert torch.jit.load(path)(torch.zeros(2, 1, 16, 16)).shape == (2, 4)
 
 
 def test_failed_job_logs_its_error(tmp_path):
