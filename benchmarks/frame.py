@@ -32,7 +32,7 @@ COLUMNS = ("job_id", "label", "dataset", "teacher", "student", "pair", "T", "syn
            "firing_rate", "sops_per_image", "images_synthesized", "synthesis_seconds", "distill_seconds",
            "synth_s_per_image", "peak_rss_mb", "job_seconds", "device", "epochs", "kd_steps", "synth_batches",
            "batch_size", "train_subset", "test_subset", "git_commit", "config_hash", "grad_norms",
-           "teacher_key") + TIMING_COLUMNS
+           "teacher_key", "precision", "flags") + TIMING_COLUMNS
 
 
 
@@ -68,6 +68,8 @@ def frame(rows: Iterable[ResultRow | dict[str, Any]], treatment: Iterable[str] |
                    train_subset=run.get("train_subset"), test_subset=run.get("test_subset"),
                    teacher_key="|".join(map(str, teacher_key({"dataset": r.dataset, "teacher": r.teacher, **run,
                                                               "seed": run.get("seed", r.seed)}))))
+        flags = r.get("flags")
+        rec["flags"] = "; ".join(map(str, flags)) if isinstance(flags, list) else flags or None
         timing = r.synth_timing if isinstance(r.synth_timing, dict) else {}
         for part in TIMING_PARTS:
             rec[f"t_{part}"] = timing.get(part)

@@ -215,6 +215,14 @@ def failed_table(df: pd.DataFrame) -> pd.DataFrame:
                                    for e in f["error"]]})
 
 
+def flagged_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Finished runs whose row carries health flags (``flags``, see baselines.health)."""
+    if "flags" not in df:
+        return pd.DataFrame()
+    f = df[(df["status"] == "ok") & df["flags"].fillna("").astype(str).str.len().gt(0)]
+    return pd.DataFrame({"job": f["label"], "id": f["job_id"], "flags": [str(x)[:300] for x in f["flags"]]})
+
+
 def leaderboard_markdown(df: pd.DataFrame, title: str = "Leaderboard",
                          plots: dict[str, str] | None = None, notes: Iterable[str] = ()) -> str:
     ok = df[df["status"] == "ok"]
@@ -251,6 +259,11 @@ def leaderboard_markdown(df: pd.DataFrame, title: str = "Leaderboard",
     f = failed_table(df)
     out += ["## Failed runs", ""]
     out += [md_table(f) if len(f) else "_none_", ""]
+    fl = flagged_table(df)
+    if len(fl):
+        out += ["## Flagged runs", "", "Finished, but `baselines.health.divergence_flags` flagged them (KD loss "
+                "not finite or above tau^2 ln K, accuracy at chance, no KD step or no evaluation); their "
+                "numbers are in the tables above.", "", md_table(fl), ""]
     if plots:
         out += ["## Plots", ""]
         out += [f"![{name}]({path})" for name, path in plots.items()]

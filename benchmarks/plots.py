@@ -73,9 +73,11 @@ def plot_accuracy(df: pd.DataFrame, path: Path) -> Path | None:
         ax.set_xticklabels(methods, rotation=20)
         ax.set_ylabel("student top-1 (%)")
         ax.set_title(f"{ds}\n{pair}", fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
+        handles = ax.get_legend_handles_labels()[0]  # below the axes: never over the bars
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=min(3, max(1, len(handles))),
+                  frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -100,8 +102,8 @@ def plot_accuracy_vs_time(df: pd.DataFrame, path: Path) -> Path | None:
         ax.set_xscale("log")
         ax.set_xlabel("synthesis seconds per run")
         ax.set_ylabel("student top-1 (%)")
-        ax.set_title(ds)
-        ax.legend(fontsize=7)
+        ax.set_title(f"{ds}: {', '.join(sorted(set(d['pair'].astype(str))))}", fontsize=10)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -257,9 +259,9 @@ def plot_tar(rows: Iterable[dict[str, Any]], path: Path) -> Path | None:
         ax.set_title(f"{ds} {pair}\n{synth}+{reg}", fontsize=8)
         ax.set_xlabel("matched stage (teacher t, student s)")
         ax.set_ylabel("probability")
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 

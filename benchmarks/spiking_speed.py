@@ -2,6 +2,7 @@
 
     python -m benchmarks.spiking_speed [--threads 1] [--batch 64] [--T 4] [--repeats 7]
                                        [--student spiking_smallcnn] [--json OUT]
+    python -m benchmarks.spiking_speed --precision fp32,bf16 [...]   # run.precision instead
 
 A step = forward + KD-style backward (sum of squared logits) + SGD step, on random
 normalized images. Variants (same weights, copied from A):
@@ -15,6 +16,10 @@ Timed interleaved (A, B, C, D, A, B, ...) so drift in the machine's load hits ev
 alike; the median over ``repeats`` rounds is reported, with its ratio to A. The compiled
 variants' first step (inductor compile, or the on-disk cache's load) is excluded from the
 timing and printed. Spike equality of B vs A is checked on one input in fp32.
+
+``--precision fp32,bf16`` times today's path (A) under each ``run.precision`` instead
+(:func:`baselines.precision.autocast` around the training step, and an eval forward),
+interleaved the same way. On an AVX2-only AMD EPYC (no native bf16) bf16 was ~10x slower.
 """
 from __future__ import annotations
 
@@ -112,6 +117,54 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def run_precision(args) -> dict:
+    """Variant A's training step and eval forward under each precision of ``args.precision``."""
+    from baselines.precision import autocast
+
+    torch.set_num_threads(args.threads)
+    precs = [p.strip() for p in args.precision.split(",") if p.strip()]
+    ref = build(args.student, args.T, "eager", False, 32, None)
+    state = {k: v.clone() for k, v in ref.state_dict().items()}
+    x = torch.randn(args.batch, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    models = {p: build(args.student, args.T, "eager", False, 32, state) for p in precs}
+    opts = {p: torch.optim.SGD(models[p].parameters(), lr=1e-6, momentum=0.9) for p in precs}
+    train = {p: [] for p in precs}
+    evals = {p: [] for p in precs}
+    for r in range(args.repeats + 1):  # round 0 is a warm-up
+        for p in precs:
+            t0 = time.perf_counter()
+            with autocast(p, "cpu"):
+                step(models[p], opts[p], x)
+            t1 = time.perf_counter()
+            with torch.no_grad(), autocast(p, "cpu", "eval"):
+                models[p].eval()(x)
+            models[p].train()
+            if r:
+                train[p].append(t1 - t0)
+                evals[p].append(time.perf_counter() - t1)
+    med = {p: statistics.median(v) for p, v in train.items()}
+    med_e = {p: statistics.median(v) for p, v in evals.items()}
+    return {"machine": {"processor": platform.processor() or platform.machine(), "platform": platform.platform(),
+                        "torch": torch.__version__, "threads": torch.get_num_threads()},
+            "student": args.student, "batch": args.batch, "T": args.T, "repeats": args.repeats,
+            "train_median_s": med, "eval_median_s": med_e,
+            "train_ratio_to_fp32": {p: med[p] / med[precs[0]] for p in precs},
+            "eval_ratio_to_fp32": {p: med_e[p] / med_e[precs[0]] for p in precs}}
+
+
+def precision_table(r: dict) -> str:
+    m = r["machine"]
+    first = next(iter(r["train_median_s"]))
+    lines = [f"spiking student under run.precision (variant A, CPU autocast): {r['student']}, batch {r['batch']}, "
+             f"T={r['T']}, median of {r['repeats']} interleaved rounds",
+             f"machine: {m['processor']} | {m['platform']} | torch {m['torch']} | threads {m['threads']}", "",
+             f"{'precision':10} {'train step s':>13} {'x ' + first:>8} {'eval fwd s':>11} {'x ' + first:>8}"]
+    for p in r["train_median_s"]:
+        lines.append(f"{p:10} {r['train_median_s'][p]:13.3f} {r['train_ratio_to_fp32'][p]:8.2f} "
+                     f"{r['eval_median_s'][p]:11.3f} {r['eval_ratio_to_fp32'][p]:8.2f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.spiking_speed", description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=1)
@@ -120,9 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--student", default="spiking_smallcnn")
     p.add_argument("--json", metavar="OUT", default=None, help="also write the numbers as JSON")
+    p.add_argument("--precision", metavar="LIST", default=None,
+                   help="compare run.precision values instead, e.g. fp32,bf16 (the first is the baseline)")
     args = p.parse_args(argv)
-    r = run(args)
-    print(table(r))
+    r = run_precision(args) if args.precision else run(args)
+    print(precision_table(r) if args.precision else table(r))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=2)

@@ -197,3 +197,14 @@ def test_bench_flags_become_run_keys():
                                             "--data-root", "/d", "--set", "distill.epochs=1"]))
     assert opts.sets == ["distill.epochs=1", "run.download=true", "run.tensorboard=true"]
     assert opts.data_root == "/d"
+
+
+def test_leaderboard_lists_flagged_runs():
+    import pandas as pd
+
+    from benchmarks.leaderboard import flagged_table
+
+    df = pd.DataFrame({"status": ["ok", "ok", "failed"], "label": ["a", "b", "c"], "job_id": ["1", "2", "3"],
+                       "flags": [None, "kd_loss above bound at epoch 0", "x"]})
+    t = flagged_table(df)
+    assert list(t["job"]) == ["b"] and "kd_loss" in t["flags"].iloc[0]
