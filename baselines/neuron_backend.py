@@ -6,7 +6,7 @@ autograd records) cost about as much as the convolutions of a small spiking CNN.
 *same* library function (``functional.lif_multi_step`` / ``if_multi_step``, same surrogate
 object) is wrapped in ``torch.compile`` (inductor, dynamic shapes), which fuses the
 recurrence and its backward into a few C++ loops: spikes are bit-identical to the eager
-path (tested) and the neuron's fwd+bwd is 3-7x faster on this project's 2-core CPU
+path (tested) and the neuron's fwd+bwd was 2.7-7x faster on this project's 2-core CPU
 (``python -m benchmarks.spiking_speed``). Nothing of SpikingJelly is copied or patched:
 :func:`compiled` returns a subclass of the library's own ``LIFNode`` / ``IFNode`` whose
 ``multi_step_forward`` calls the compiled library function on CPU tensors and defers to
@@ -44,6 +44,11 @@ def _if(x_seq, v, v_threshold: float, v_reset, sg, detach_reset: bool):
 @lru_cache(maxsize=None)
 def _compiled(fn_name: str):
     fn = {"lif": _lif, "if": _if}[fn_name]
+    # The synthesizers' gradient probes backpropagate with retain_graph=True, which AOT
+    # autograd's donated buffers forbid; keep the saved tensors instead.
+    import torch._functorch.config as functorch_config
+
+    functorch_config.donated_buffer = False
     return torch.compile(fn, dynamic=True)
 
 

@@ -490,6 +490,22 @@ def test_compiled_if_matches_eager():
     _compare("if")
 
 
+@pytest.mark.slow
+def test_compiled_backend_allows_retained_graph_probes():
+    """The synthesizers' gradient probes call autograd.grad(..., retain_graph=True) and then
+    backward again; AOT autograd's donated buffers refuse that (a failed run before the fix)."""
+    eager, comp = _pair("lif")
+    torch.manual_seed(5)
+    x = torch.randn(4, 1, 32, 32, requires_grad=True)
+    grads = []
+    for model in (eager, comp):
+        out = model(x)
+        probe = torch.autograd.grad(out.sum(), [x], retain_graph=True)[0]
+        (out.pow(2).sum()).backward()
+        grads.append(probe)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-5)
+
+
 def test_compiled_backend_only_for_lif_and_if():
     from baselines.neuron_backend import compiled
     from spikingjelly.activation_based import neuron
