@@ -276,7 +276,7 @@ def test_seed_variant_matches_hand_formula():
     hand = -torch.log(torch.sigmoid(ss - torch.quantile(ts.flatten(), 0.95)).mean() + 1e-8)
     assert float(seed_tar(ss, ts, 0.95)) == pytest.approx(float(hand), rel=1e-6)
     t, s = tiny_pair()
-    reg = TAROnly({"tar_variant": "seed", "beta": 0.3}, name="tar")
+    reg = TAROnly({"tar_variant": "seed", "beta": 0.3, "weighting": "raw"}, name="tar")
     assert not reg.needs_spiking("synthesis") and reg.needs_student("synthesis")
     ctx = _ctx("synthesis", ModelOutput(ts, [], ts), ModelOutput(ss, [], ss), t, s)
     assert float(reg.terms(ctx)["tar"]) == pytest.approx(0.3 * float(hand), rel=1e-6)
@@ -347,9 +347,9 @@ def test_unknown_option_values_name_the_known_ones():
 
 def test_out_of_range_values_warn_but_work():
     with pytest.warns(UserWarning, match="alpha"):
-        STARS({"alpha": 0.9}, name="stars")
+        STARS({"alpha": 0.9, "weighting": "raw"}, name="stars")
     with pytest.warns(UserWarning, match="q"):
-        TAROnly({"q": 0.99}, name="tar")
+        TAROnly({"q": 0.99, "weighting": "raw"}, name="tar")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         STARS({}, name="stars")  # defaults lie inside the recommended ranges
@@ -619,7 +619,7 @@ def test_sampled_tail_error_is_unbiased():
     from stars_plugin.tar import firing_probability
     torch.manual_seed(0)
     ctx, _ = _synthesis_ctx(0, n=16)
-    cfg = {"tar_teacher_side": False}
+    cfg = {"tar_teacher_side": False, "weighting": "raw"}
     exact = float(TAROnly({**cfg, "tar_positions": 0}, name="tar").terms(ctx)["tar"].detach()) / 0.3
     reg = TAROnly({**cfg, "tar_positions": 8}, name="tar")
     draws = torch.tensor([float(reg.terms(ctx)["tar"].detach()) / 0.3 for _ in range(400)])
@@ -645,7 +645,7 @@ def test_sampled_tail_error_is_unbiased():
 # ----------------------------------------------------------------------------- grad-share weighting
 def test_grad_share_weighting_declares_shares_and_returns_raw_terms():
     ctx, _ = _synthesis_ctx()
-    raw = STARS({"alpha": 0.5, "beta": 0.3, "rca_sign": "adversarial"}, name="stars")
+    raw = STARS({"alpha": 0.5, "beta": 0.3, "rca_sign": "adversarial", "weighting": "raw"}, name="stars")
     assert raw.grad_shares("synthesis") == {} and raw.grad_shares("distill") == {}
     gs = STARS({"alpha": 0.5, "beta": 0.3, "rca_sign": "adversarial",
                 "weighting": "grad-share"}, name="stars")
