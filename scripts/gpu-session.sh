@@ -5,7 +5,10 @@
 #           pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #             --platform manylinux_2_28_x86_64 --platform any -d .whl NAME ...
 #   .gpu/data/     the four Fashion-MNIST IDX .gz files
-#   .gpu/cache/    optional teacher cache (DFKD_CACHE layout) so the CPU teacher is reused
+#   .gpu/cache/    teacher cache (DFKD_CACHE layout) holding the CPU evidence teacher
+#                  (teachers/fashion-mnist-28/smallcnn-*), so the small pair uses the same one
+# The benchmark output directories are written straight under $OUT (resumable: carry them
+# back into the next session's $OUT to complete a cut run).
 # Everything runs in parallel streams under one deadline (BUDGET seconds); each stream's
 # output directory is resumable, so a stream cut by the deadline keeps its finished rows.
 #   OUT=/tmp/out BUDGET=480 bash scripts/gpu-session.sh
@@ -33,8 +36,8 @@ cat "$W/gpu.txt"
 DFKD="$PY -m benchmarks.cli"
 log "setup done"
 
-# 1. STARS synthesis-step overhead, alone on the GPU: ResNet-34 -> spiking ResNet-18, batch 256
-#    (CIFAR-shaped 3x32x32 inputs), then the small pair at batch 64.
+# 1. Speed, alone on the GPU: the STARS synthesis-step overhead (ResNet-34 -> spiking
+#    ResNet-18, batch 256, then the small pair) and the spiking step's precision effect.
 [ "${SKIP_SPEED:-0}" != 1 ] && timeout 90 $PY -m benchmarks.speed --device "$DEV" --teacher resnet34 --student spiking_resnet18 \
   --channels 3 --batch-size "${SPEED_BATCH:-256}" --steps 3 --repeats 3 --json "$W/speed_r34_sr18.json" \
   > "$W/speed_r34_sr18.txt" 2>&1
@@ -42,28 +45,22 @@ log "setup done"
   > "$W/speed_small.txt" 2>&1
 log "speed done"; cat "$W"/speed_*.txt
 
-# 2a. ResNet-18 teacher (the 15-epoch recipe), then the ResNet-18 pair table
-( timeout $(cap 150) $DFKD train-teacher --dataset fashion-mnist --model resnet18 --seed 0 \
+# 2a. ResNet-18 teacher on fashion-mnist-28 (the 15-epoch recipe), then the ResNet-18 pair table
+( timeout $(cap 150) $DFKD train-teacher --dataset fashion-mnist-28 --model resnet18 --seed 0 \
     --device "$DEV" > "$W/teacher_resnet18.log" 2>&1
-  timeout $(cap 0) $DFKD bench --preset benchmarks/presets/resnet18-gpu.toml --out "$W/resnet18-gpu" \
-    --workers 3 --set run.device="$DEV" > "$W/bench_resnet18.log" 2>&1
+  timeout $(cap 0) $DFKD bench --preset resnet18-gpu --out "$OUT/resnet18-gpu" \
+    --workers "${R18_WORKERS:-8}" --set run.device="$DEV" > "$W/bench_resnet18.log" 2>&1
   log "stream A done" ) &
-# 2b. Tuning of STARS on CMI (ablation budgets), then the 3-seed re-run with the best params
-( timeout $(cap 150) $DFKD tune --preset ablation --synthesizer cmi --trials "${TRIALS:-16}" \
-    --workers 4 --timeout $(cap 200) --out "$W/tune" --set run.device="$DEV" distill.eval_every=1 > "$W/tune.log" 2>&1
-  timeout $(cap 0) $DFKD bench --preset ablation --only '*/cmi/seed*' --only '*/cmi+stars/seed*' \
-    --stars-params "$W/tune/best_params.toml" --set run.device="$DEV" --workers 6 \
-    --out "$W/tuning-best" > "$W/bench_tuning.log" 2>&1
+# 2b. The STARS ablation on the small pair (evidence budgets; the CPU teacher comes from
+#     .gpu/cache): 3 synthesizers x {none, stars, rca, tar} x 5 seeds, then the seed-literal TAR.
+( timeout $(cap 120) $DFKD bench --preset stars-ablation --set run.device="$DEV" --set run.neuron_backend=eager \
+    --workers "${SA_WORKERS:-10}" --out "$OUT/stars-ablation-gpu" > "$W/bench_ablation.log" 2>&1
+  timeout $(cap 0) $DFKD bench --preset stars-ablation --only '*+stars/*' --set run.device="$DEV" \
+    --set run.neuron_backend=eager --set stars.tar_variant=seed --workers "${SA_WORKERS:-10}" \
+    --out "$OUT/stars-ablation-seedtar-gpu" > "$W/bench_seedtar.log" 2>&1
   log "stream B done" ) &
-# 2c. The STARS ablation (3 synthesizers x {none, stars, rca, tar} x 3 seeds), then the seed's
-#     literal TAR against the aligned one
-( timeout $(cap 90) $DFKD bench --preset ablation --set run.device="$DEV" --workers 6 \
-    --out "$W/ablation" > "$W/bench_ablation.log" 2>&1
-  timeout $(cap 0) $DFKD bench --preset ablation --only '*+stars/seed*' --set run.device="$DEV" \
-    --set stars.tar_variant=seed --workers 6 --out "$W/ablation-seedtar" > "$W/bench_seedtar.log" 2>&1
-  log "stream C done" ) &
 wait
 log "all streams done"
-cp ${DFKD_CACHE}/teachers/fashion-mnist/*.json "$W/" 2>/dev/null
+cp ${DFKD_CACHE}/teachers/fashion-mnist*/*.json "$W/" 2>/dev/null
 tar -C "$W" --exclude='*.pt' --exclude='*.lock' -czf "$OUT/results.tgz" . && ls -la "$OUT"
 log "packed"
