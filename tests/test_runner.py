@@ -509,7 +509,9 @@ def test_shipped_presets_validate_and_expand(fake):
     paper = load_preset("paper").bench
     assert set(paper["datasets"]) == {"cifar10", "cifar100", "tiny-imagenet"}
     assert set(paper["pairs"]) == {"resnet18:spiking_resnet18", "vgg16:spiking_vgg11", "mobilenetv2:spiking_mobilenet"}
-    assert load_preset("quick").bench["datasets"] == ["fashion-mnist"]
+    assert load_preset("quick").bench["datasets"] == ["fashion-mnist-28"]
+    evidence = load_preset("evidence").bench
+    assert len(evidence["seeds"]) >= 5 and evidence["treatment"] == ["stars"]
 
 
 # --------------------------------------------------------------------------- integration (real jobs)
@@ -543,7 +545,7 @@ def test_quick_preset_resolves_with_the_real_config(monkeypatch):
 @pytest.mark.slow
 @needs_real
 def test_shipped_presets_resolve_with_the_real_config(monkeypatch):
-    for name in ("quick", "standard", "paper"):
+    for name in ("quick", "standard", "paper", "evidence", "stars-ablation", "resnet18-gpu"):
         jobs = real_expand(load_preset(name))
         assert jobs and all(j.job_id == job_id_of(j.cfg) for j in jobs)
     bad = load_preset("quick")
