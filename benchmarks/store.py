@@ -24,7 +24,7 @@ from baselines.errors import ConfigError
 from .rows import ROWS_SCHEMA, ResultRow
 
 
-def atomic_write_json(path: str | Path, obj: Any, indent: int = 1) -> Path:
+def atomic_write_json(path: str | Path, obj: Any, indent: int = 1, default=str) -> Path:
     """Write JSON to ``path`` via a temporary file in the same folder + ``os.replace`` (never a
     half-written file; a killed write leaves only a hidden ``.<name>.*.tmp``). The file gets
     the default mode (0666 minus the umask), unlike ``mkstemp``'s 0600."""
@@ -33,7 +33,7 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int = 1) -> Path:
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=indent, default=str)
+            json.dump(obj, fh, indent=indent, default=default)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

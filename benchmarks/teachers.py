@@ -51,6 +51,7 @@ from baselines.registry import TEACHERS
 from baselines.spec import DataSpec, random_crop_flip
 
 from .data.base import DatasetBundle
+from .store import atomic_write_json
 
 #: Environment variable naming the cache root (teachers go to ``$DFKD_CACHE/teachers``).
 ENV_CACHE = "DFKD_CACHE"
@@ -150,14 +151,6 @@ def _atomic_write_bytes(path: Path, write) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as JSON atomically (temporary file + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=True)
-    _atomic_write_bytes(path, lambda p: p.write_text(text + "\n"))
 
 
 def _json_default(o: Any) -> Any:
@@ -288,7 +281,7 @@ def _train_teacher(dataset: str, model: str, epochs: int | None, seed: int, data
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         _atomic_write_bytes(ckpt, lambda p: torch.save(state, p))
-        write_json(meta, info)
+        atomic_write_json(meta, info, indent=2, default=_json_default)
     return net, {**info, "cached": False}
 
 
@@ -497,4 +490,4 @@ def get_teacher(spec: str, dataset: str, bundle: DatasetBundle, epochs: int | No
 __all__ = ["Recipe", "EPOCHS", "recipe_for", "cache_root", "cache_paths", "data_fingerprint",
            "train_teacher", "fit", "build_teacher", "parse_teacher_spec", "check_teacher_spec",
            "extract_state_dict", "check_state_dict", "load_teacher_spec", "get_teacher",
-           "write_json", "ENV_CACHE"]
+           "ENV_CACHE"]

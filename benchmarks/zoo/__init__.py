@@ -38,3 +38,18 @@ def check_build_args(model: str, in_channels: int, num_classes: int, image_size:
 def count_parameters(model) -> int:
     """Number of trainable parameters of ``model``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def init_weights(model) -> None:
+    """The zoo's initialization, ANN and SNN alike: Kaiming-normal convs (fan_out, ReLU gain),
+    BatchNorm weight 1 / bias 0, linear biases 0 (linear weights keep torch's default)."""
+    from torch import nn
+
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)

@@ -23,25 +23,13 @@ from torch import Tensor, nn
 
 from baselines.models import StagedModel
 
-from . import SPIKING_KEYS, check_build_args
+from . import SPIKING_KEYS, check_build_args, init_weights
 
 
 def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> list[nn.Module]:
     """[Conv(k x k, 'same' padding, no bias), BatchNorm2d]."""
     return [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
             nn.BatchNorm2d(cout)]
-
-
-def _init_weights(model: nn.Module) -> None:
-    """Kaiming-normal convs (fan_out), BN weight 1 / bias 0, linear bias 0."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
 
 
 # --------------------------------------------------------------------------- small CNN
@@ -57,7 +45,7 @@ class SmallCNN(StagedModel):
             for cin, cout in ((w, w), (w, 2 * w), (2 * w, 4 * w))
         )
         self.fc = nn.Linear(4 * w, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
 
 # --------------------------------------------------------------------------- ResNet
@@ -92,7 +80,7 @@ class ResNet(StagedModel):
             stages.append(nn.Sequential(*layers))
         self.stages = nn.ModuleList(stages)
         self.fc = nn.Linear(cin, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
 
 # --------------------------------------------------------------------------- VGG
@@ -117,7 +105,7 @@ class VGG(StagedModel):
             stages.append(nn.Sequential(*layers))
         self.stages = nn.ModuleList(stages)
         self.fc = nn.Linear(cin, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
 
 # --------------------------------------------------------------------------- MobileNetV2
@@ -159,7 +147,7 @@ class MobileNetV2(StagedModel):
         groups[3] += [*conv_bn(cin, last, 1), nn.ReLU6()]
         self.stages = nn.ModuleList(nn.Sequential(*g) for g in groups)
         self.fc = nn.Linear(last, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
 
 # --------------------------------------------------------------------------- WideResNet
@@ -202,7 +190,7 @@ class WideResNet(StagedModel):
         stages[-1] += [nn.BatchNorm2d(cin), nn.ReLU()]
         self.stages = nn.ModuleList(nn.Sequential(*b) for b in stages)
         self.fc = nn.Linear(cin, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
 
 # --------------------------------------------------------------------------- factories

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from baselines.errors import ConfigError, UnknownNameError
 from baselines.models import SpikingStagedModel
 
-from . import check_build_args
+from . import check_build_args, init_weights
 
 NEURONS = ("lif", "if", "plif")
 SURROGATES = ("atan", "sigmoid")
@@ -125,17 +125,6 @@ def seq_linear(d: int, k: int) -> nn.Module:
     return layer.Linear(d, k, step_mode="m")
 
 
-def _init_weights(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
-
-
 # --------------------------------------------------------------------------- small CNN
 class SpikingSmallCNN(SpikingStagedModel):
     """stem conv-BN-SN (C->w) | conv-BN-SN-pool (w, 2w, 4w): the twin of ann.SmallCNN."""
@@ -151,7 +140,7 @@ class SpikingSmallCNN(SpikingStagedModel):
             for cin, cout in ((w, w), (w, 2 * w), (2 * w, 4 * w))
         )
         self.fc = seq_linear(4 * w, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
 
 # --------------------------------------------------------------------------- ResNets
@@ -187,7 +176,7 @@ class SpikingResNet(SpikingStagedModel):
             stages.append(nn.Sequential(*layers))
         self.stages = nn.ModuleList(stages)
         self.fc = seq_linear(cin, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
 
 # --------------------------------------------------------------------------- VGG
@@ -210,7 +199,7 @@ class SpikingVGG(SpikingStagedModel):
             stages.append(nn.Sequential(*layers))
         self.stages = nn.ModuleList(stages)
         self.fc = seq_linear(cin, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
 
 # --------------------------------------------------------------------------- MobileNet
@@ -236,7 +225,7 @@ class SpikingMobileNet(SpikingStagedModel):
             stages.append(nn.Sequential(*layers))
         self.stages = nn.ModuleList(stages)
         self.fc = seq_linear(cin, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
 
 # --------------------------------------------------------------------------- factories
