@@ -11,6 +11,7 @@ by any regularizer.
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -113,6 +114,27 @@ def eval_frozen(*modules: torch.nn.Module):
             m.train(training)
             for p, rg in params:
                 p.requires_grad_(rg)
+
+
+class BestStep:
+    """The lowest-loss inner step of one synthesize() call: its images (a detached copy) and
+    its terms. The references keep the best batch, not the last (the zju-vipa port aliased
+    the two); every synthesizer that optimizes for several steps keeps one of these.
+
+    ``offer(loss, images, terms)`` returns True when this step is the new best (so callers
+    can keep step-specific extras, e.g. CMI's bank features)."""
+
+    def __init__(self) -> None:
+        self.loss = math.inf
+        self.images: Tensor | None = None
+        self.terms: dict[str, float] = {}
+
+    def offer(self, loss: Tensor, images: Tensor, terms: dict[str, Tensor]) -> bool:
+        value = float(loss.detach())
+        if value < self.loss or self.images is None:
+            self.loss, self.images, self.terms = value, images.detach().clone(), detach_terms(terms)
+            return True
+        return False
 
 
 def batchnorm_modules(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
@@ -338,5 +360,5 @@ class Synthesizer:
         self.load_extra_state(state.get("extra", {}))
 
 
-__all__ = ["SynthesisSetup", "SynthesisResult", "Synthesizer", "StepTimer", "eval_frozen", "detach_terms",
+__all__ = ["SynthesisSetup", "SynthesisResult", "Synthesizer", "StepTimer", "eval_frozen", "detach_terms", "BestStep",
            "batch_stats", "synthesis_mode", "STUDENT_MODES"]

@@ -17,7 +17,6 @@ batch, so a batch never contrasts with itself through the bank.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,12 +26,12 @@ from torch import Tensor
 
 from .. import config as cfgmod
 from ..errors import ConfigError
-from ..hooks import detach_terms, total_loss
+from ..hooks import total_loss
 from ..losses import (BNStatLoss, InstanceFeatures, MemoryBank, ProjectionHead, bn_layers,
                       contrastive_loss, feature_layers, inversion_terms,
                       masked_kl_adversarial)
 from ..spec import random_crop_flip
-from .base import SynthesisResult, SynthesisSetup, Synthesizer, eval_frozen
+from .base import BestStep, SynthesisResult, SynthesisSetup, Synthesizer, eval_frozen
 from .generator import Generator, check_generator_size, random_resized_crop
 
 
@@ -122,7 +121,8 @@ class CMI(Synthesizer):
         adv_on = cfg.adv > 0
         need_student = self.need_student(adv_on)
         use_cr = cfg.cr > 0
-        best_loss, best_x, best_feats, best_terms = math.inf, None, None, {}
+        best = BestStep()
+        best_feats = None
         feats = InstanceFeatures(self.layers)
         try:
             with self.frozen_models(), self.bn_loss as bnl, feats:
@@ -144,9 +144,7 @@ class CMI(Synthesizer):
                     terms.update(self.step_terms(g_view, targets, t_out, s_out, it))
                     terms = self.balance(terms, x, it)
                     loss = total_loss(terms, where="cmi synthesis", step=self.step)
-                    value = float(loss.detach())
-                    if value < best_loss or best_x is None:
-                        best_loss, best_x, best_terms = value, x.detach().clone(), detach_terms(terms)
+                    if best.offer(loss, x, terms):
                         if use_cr:
                             best_feats = torch.cat([l_feat, g_feat], dim=1).detach().clone()
                     opt.zero_grad(set_to_none=True)
@@ -161,7 +159,7 @@ class CMI(Synthesizer):
             self._leaves = []
         if use_cr:
             self.bank.add(best_feats)
-        return self.finish(best_x, targets, t0, best_terms)
+        return self.finish(best.images, targets, t0, best.terms)
 
     def _contrastive(self, l_feat: Tensor, g_feat: Tensor) -> Tensor:
         """L_cr with the current batch first, then n_neg bank rows (past batches only)."""

@@ -15,7 +15,6 @@ not in the paper); the adversarial term uses a real, distinct student.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -25,9 +24,9 @@ from torch import Tensor
 
 from .. import config as cfgmod
 from ..errors import ConfigError
-from ..hooks import detach_terms, total_loss
+from ..hooks import total_loss
 from ..losses import BNStatLoss, adi_loss, bn_layers, inversion_terms, l2_norm, total_variation
-from .base import SynthesisResult, SynthesisSetup, Synthesizer
+from .base import BestStep, SynthesisResult, SynthesisSetup, Synthesizer
 
 
 def jitter_flip(x: Tensor, max_shift: int, flip: bool) -> Tensor:
@@ -102,7 +101,7 @@ class DeepInversion(Synthesizer):
         max_shift = int(spec.image_size * cfg.jitter)
         adv_on = cfg.adv > 0
         need_student = self.need_student(adv_on)
-        best_loss, best_x, best_terms = math.inf, None, {}
+        best = BestStep()
         try:
             with self.frozen_models(), self.bn_loss as bnl:
                 for it in range(cfg.iterations):
@@ -118,9 +117,7 @@ class DeepInversion(Synthesizer):
                     terms.update(self.step_terms(xa, targets, t_out, s_out, it))
                     terms = self.balance(terms, x, it)
                     loss = total_loss(terms, where="deepinversion synthesis", step=self.step)
-                    value = float(loss.detach())
-                    if value < best_loss or best_x is None:
-                        best_loss, best_x, best_terms = value, x.detach().clone(), detach_terms(terms)
+                    best.offer(loss, x, terms)
                     opt.zero_grad(set_to_none=True)
                     self.backward(loss)
                     opt.step()
@@ -129,4 +126,4 @@ class DeepInversion(Synthesizer):
                     self.step += 1
         finally:
             self._leaves = []
-        return self.finish(spec.denormalize(best_x), targets, t0, best_terms)
+        return self.finish(spec.denormalize(best.images), targets, t0, best.terms)

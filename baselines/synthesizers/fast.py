@@ -40,7 +40,6 @@ upstream. Here the call is scaled to the run's length: the first call of epoch
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -50,10 +49,10 @@ from torch import Tensor
 
 from .. import config as cfgmod
 from ..errors import ConfigError
-from ..hooks import detach_terms, total_loss
+from ..hooks import total_loss
 from ..losses import BNStatLoss, bn_layers, inversion_terms, masked_kl_adversarial
 from ..spec import random_crop_flip
-from .base import SynthesisResult, SynthesisSetup, Synthesizer
+from .base import BestStep, SynthesisResult, SynthesisSetup, Synthesizer
 from .generator import Generator, check_generator_size
 
 PRESETS: dict[str, tuple[int, float, float]] = {
@@ -174,7 +173,7 @@ class _FastBase(Synthesizer):
             self.meta_opt.zero_grad(set_to_none=True)
         adv_on = self.adversarial_on()
         need_student = self.need_student(adv_on)
-        best_loss, best_x, best_terms = math.inf, None, {}
+        best = BestStep()
         try:
             with self.frozen_models(), self.bn_loss as bnl:
                 for it in range(self.k):
@@ -186,9 +185,7 @@ class _FastBase(Synthesizer):
                     terms.update(self.step_terms(xa, targets, t_out, s_out, it))
                     terms = self.balance(terms, x, it)
                     loss = total_loss(terms, where=f"{self.name} synthesis", step=self.step)
-                    value = float(loss.detach())
-                    if value < best_loss or best_x is None:
-                        best_loss, best_x, best_terms = value, x.detach().clone(), detach_terms(terms)
+                    best.offer(loss, x, terms)
                     opt.zero_grad(set_to_none=True)
                     self.backward(loss)
                     if fomaml:
@@ -202,7 +199,7 @@ class _FastBase(Synthesizer):
             if not fomaml:
                 self._reptile_grad(gen)
             self.meta_opt.step()
-        return self.finish(best_x, targets, t0, best_terms)
+        return self.finish(best.images, targets, t0, best.terms)
 
     @torch.no_grad()
     def _accumulate_meta_grad(self, clone: Generator) -> None:

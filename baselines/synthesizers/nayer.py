@@ -48,10 +48,10 @@ from torch import Tensor, nn
 
 from .. import config as cfgmod
 from ..errors import ConfigError
-from ..hooks import detach_terms, total_loss
+from ..hooks import total_loss
 from ..losses import BNStatLoss, bn_layers, inversion_terms, masked_kl_adversarial
 from ..spec import random_crop_flip
-from .base import SynthesisResult, SynthesisSetup, Synthesizer
+from .base import BestStep, SynthesisResult, SynthesisSetup, Synthesizer
 from .generator import Generator, check_generator_size
 from .generative import check_betas
 
@@ -213,7 +213,7 @@ class NAYER(Synthesizer):
         opt = torch.optim.Adam(gen.parameters(), lr=cfg.lr_g, betas=tuple(cfg.betas))
         adv_on = self.adversarial_on()
         need_student = self.need_student(adv_on)
-        best_loss, best_x, best_terms = math.inf, None, {}
+        best = BestStep()
         try:
             with self.frozen_models(), self.bn_loss as bnl:
                 for it in range(cfg.g_steps):
@@ -225,9 +225,7 @@ class NAYER(Synthesizer):
                     terms.update(self.step_terms(xa, targets, t_out, s_out, it))
                     terms = self.balance(terms, x, it)
                     loss = total_loss(terms, where="nayer synthesis", step=self.step)
-                    value = float(loss.detach())
-                    if value < best_loss or best_x is None:
-                        best_loss, best_x, best_terms = value, x.detach().clone(), detach_terms(terms)
+                    best.offer(loss, x, terms)
                     opt.zero_grad(set_to_none=True)
                     self.backward(loss)
                     opt.step()
@@ -235,7 +233,7 @@ class NAYER(Synthesizer):
         finally:
             self._leaves = []
         self.bn_loss.update_ema()
-        return self.finish(best_x, targets, t0, best_terms)
+        return self.finish(best.images, targets, t0, best.terms)
 
     # -- persistence -------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
