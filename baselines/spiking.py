@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .models import SpikingLayerState, gather_sites, stage_of_modules
+from .spiking_state import SpikingLayerState, gather_sites, stage_of_modules
 
 
 def _neuron_types() -> tuple[type, ...]:
