@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import nonneg, positive, require
+from .optim import sgd_cosine
 from .synthesizers.base import STUDENT_MODES, synthesis_mode, _grad_norm
 from .hooks import StepContext, total_loss
 from .models import eval_chunk
@@ -213,17 +214,12 @@ def distill(synth: Synthesizer, test: tuple[Tensor, Tensor], cfg: DistillConfig 
     for p in teacher.parameters():
         p.requires_grad_(False)
     student.train()
-    opt = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
     warmup = synth.kd_warmup_epochs() if cfg.warmup is None else cfg.warmup
     warmup = min(warmup, cfg.epochs)
     kd_epochs = cfg.epochs - warmup
     synth.total_epochs = cfg.epochs
-    if cfg.schedule == "cosine-epoch":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, kd_epochs), eta_min=cfg.eta_min)
-    else:
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, kd_epochs * cfg.kd_steps),
-                                                           eta_min=cfg.eta_min)
+    periods = kd_epochs if cfg.schedule == "cosine-epoch" else kd_epochs * cfg.kd_steps
+    opt, sched = sgd_cosine(student.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, periods, cfg.eta_min)
     scaler = grad_scaler(precision, device)
     # everything that accumulates over epochs (saved in checkpoints)
     acc: dict[str, Any] = {"synth_seconds": 0.0, "n_images": 0, "timing": defaultdict(float),

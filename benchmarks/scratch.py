@@ -9,6 +9,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from baselines.optim import sgd_cosine
 from baselines.registry import STUDENTS
 
 from .jobs import job_id_of
@@ -54,9 +55,8 @@ def _run_scratch(cfg: dict[str, Any], on_eval, t_start: float) -> ResultRow:
     student = STUDENTS.get(run["student"])(spec.channels, spec.num_classes, spec.image_size, T=run.get("T", 4),
                                            neuron=run.get("neuron", "lif"),
                                            surrogate=run.get("surrogate", "atan")).to(device)
-    opt = torch.optim.SGD(student.parameters(), lr=d["lr"], momentum=d["momentum"], weight_decay=d["weight_decay"])
     epochs, kd_steps, bs = int(d["epochs"]), int(d["kd_steps"]), int(d["batch_size"])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * kd_steps))
+    opt, sched = sgd_cosine(student.parameters(), d["lr"], d["momentum"], d["weight_decay"], epochs * kd_steps)
     g = torch.Generator().manual_seed(seed)
     history, best, last, val_acc, step = [], float("-inf"), float("nan"), None, 0
     eval_bs = int(d.get("eval_batch_size", 500))

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from baselines.config import config_hash
 from baselines.errors import CheckpointError, ConfigError
 from baselines.models import StagedModel
+from baselines.optim import sgd_cosine
 from baselines.provenance import (git_commit, now_iso, package_versions, pick_device,
                                   preserve_rng, set_seed)
 from baselines.registry import TEACHERS
@@ -191,9 +192,8 @@ def fit(model: nn.Module, bundle: DatasetBundle, recipe: Recipe, device: torch.d
     x_all, y_all = bundle.train_x.to(device), bundle.train_y.to(device)
     n = len(y_all)
     steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
-    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                          weight_decay=recipe.weight_decay, nesterov=False)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs * steps_per_epoch)
+    opt, sched = sgd_cosine(model.parameters(), recipe.lr, recipe.momentum, recipe.weight_decay,
+                            recipe.epochs * steps_per_epoch)
     model.to(device).train()
     bar = None
     if progress:
