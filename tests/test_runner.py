@@ -42,7 +42,7 @@ FAKE_DEFAULTS = {
     "run": {"dataset": "toy", "data_root": None, "download": False, "teacher": "smallcnn", "teacher_epochs": None,
             "student": "spiking_smallcnn", "T": 4, "synthesizer": "deepinversion", "regularizers": [], "seed": 0,
             "device": "cpu", "train_subset": None, "test_subset": None, "progress": False, "val_size": 0,
-            "metrics_images": 16},
+            "metrics_images": 16, "teacher_seed": None, "neuron_backend": "eager", "student_args": {}},
     "distill": {"epochs": 2, "synth_batches": 1, "kd_steps": 3, "batch_size": 8, "eval_every": 1, "lr": 0.1,
                 "temperature": 20.0},
     "deepinversion": {"iterations": 10}, "cmi": {"iterations": 5}, "fast": {"k": 2},
