@@ -133,21 +133,12 @@ def _check_refused(state: dict[str, Tensor], path: str) -> None:
                       "the zoo's resnet18 / resnet34 have a 3x3 stride-1 stem and no max-pool")
 
 
-def _map_resnet(state: dict[str, Tensor], report: ImportReport) -> dict[str, Tensor]:
+def _rename(state: dict[str, Tensor], report: ImportReport, rule) -> dict[str, Tensor]:
+    """Apply ``rule(key) -> new key | None`` to every tensor; unmapped keys are kept as they
+    are and listed in ``report.left_over`` (the fit check then refuses them)."""
     out: dict[str, Tensor] = {}
     for k, v in state.items():
-        new = None
-        if k.startswith("conv1."):
-            new = "stem.0." + k[len("conv1."):]
-        elif k.startswith("bn1."):
-            new = "stem.1." + k[len("bn1."):]
-        elif k.startswith(("linear.", "fc.")):
-            new = "fc." + k.split(".", 1)[1]
-        else:
-            m = _RE_RESNET.match(k)
-            if m:
-                stage, block, part, leaf = m.groups()
-                new = f"stages.{int(stage) - 1}.{block}.{_RESNET_BLOCK[part]}.{leaf}"
+        new = rule(k)
         if new is None:
             report.left_over.append(k)
             out[k] = v
@@ -155,6 +146,23 @@ def _map_resnet(state: dict[str, Tensor], report: ImportReport) -> dict[str, Ten
             out[new] = v
             report.mapped += 1
     return out
+
+
+def _map_resnet(state: dict[str, Tensor], report: ImportReport) -> dict[str, Tensor]:
+    def rule(k: str) -> str | None:
+        if k.startswith("conv1."):
+            return "stem.0." + k[len("conv1."):]
+        if k.startswith("bn1."):
+            return "stem.1." + k[len("bn1."):]
+        if k.startswith(("linear.", "fc.")):
+            return "fc." + k.split(".", 1)[1]
+        m = _RE_RESNET.match(k)
+        if m:
+            stage, block, part, leaf = m.groups()
+            return f"stages.{int(stage) - 1}.{block}.{_RESNET_BLOCK[part]}.{leaf}"
+        return None
+
+    return _rename(state, report, rule)
 
 
 def _map_wrn(state: dict[str, Tensor], report: ImportReport) -> dict[str, Tensor]:
@@ -165,27 +173,21 @@ def _map_wrn(state: dict[str, Tensor], report: ImportReport) -> dict[str, Tensor
             blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
     last = max(blocks) if blocks else 3
     n_last = len(blocks.get(last, ()))  # the final BN follows the last stage's blocks
-    out: dict[str, Tensor] = {}
-    for k, v in state.items():
-        new = None
+
+    def rule(k: str) -> str | None:
         if k.startswith("conv1."):
-            new = "stem." + k[len("conv1."):]
-        elif k.startswith("bn1."):
-            new = f"stages.{last - 1}.{n_last}." + k[len("bn1."):]
-        elif k.startswith("fc."):
-            new = k
-        else:
-            m = _RE_WRN.match(k)
-            if m:
-                stage, block, part, leaf = m.groups()
-                new = f"stages.{int(stage) - 1}.{block}.{_WRN_BLOCK[part]}.{leaf}"
-        if new is None:
-            report.left_over.append(k)
-            out[k] = v
-        else:
-            out[new] = v
-            report.mapped += 1
-    return out
+            return "stem." + k[len("conv1."):]
+        if k.startswith("bn1."):
+            return f"stages.{last - 1}.{n_last}." + k[len("bn1."):]
+        if k.startswith("fc."):
+            return k
+        m = _RE_WRN.match(k)
+        if m:
+            stage, block, part, leaf = m.groups()
+            return f"stages.{int(stage) - 1}.{block}.{_WRN_BLOCK[part]}.{leaf}"
+        return None
+
+    return _rename(state, report, rule)
 
 
 def adapt_state_dict(state: dict[str, Tensor], path: str = "<checkpoint>"
