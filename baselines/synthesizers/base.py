@@ -175,12 +175,20 @@ def synthesis_mode(teacher: torch.nn.Module, student: torch.nn.Module, student_m
 
 
 def _grad_norm(loss: Tensor, wrt: list[Tensor]) -> float:
-    wrt = [t for t in wrt if t.requires_grad]
-    if not wrt or not loss.requires_grad:
-        return 0.0
-    grads = torch.autograd.grad(loss, wrt, retain_graph=True, allow_unused=True)
-    sq = sum(float(g.detach().float().pow(2).sum()) for g in grads if g is not None)
-    return sq ** 0.5
+    return _grad_norms(loss, {"all": wrt})["all"]
+
+
+def _grad_norms(loss: Tensor, groups: dict[str, list[Tensor]]) -> dict[str, float]:
+    """||d loss / d group|| for each group of tensors, from one backward pass."""
+    flat = [(name, t) for name, ts in groups.items() for t in ts if t.requires_grad]
+    out = {name: 0.0 for name in groups}
+    if not flat or not loss.requires_grad:
+        return out
+    grads = torch.autograd.grad(loss, [t for _, t in flat], retain_graph=True, allow_unused=True)
+    for (name, _), g in zip(flat, grads):
+        if g is not None:
+            out[name] += float(g.detach().float().pow(2).sum())
+    return {name: sq ** 0.5 for name, sq in out.items()}
 
 
 class Synthesizer:
@@ -293,16 +301,18 @@ class Synthesizer:
                 leaves = self.optimized_tensors()
                 probe = {"images": [images]} if not (len(leaves) == 1 and leaves[0] is images) else {}
                 probe["params"] = leaves or [images]
+                per_term = {k: _grad_norms(v, probe) for k, v in terms.items()}  # one backward each
+                g_ref = (per_term["bn"] if ref is terms.get("bn") else _grad_norms(ref, probe)) \
+                    if ref is not None else dict.fromkeys(probe, 0.0)
                 norms: dict[str, float] = {}
-                for where, wrt in probe.items():
-                    g_ref = _grad_norm(ref, wrt) if ref is not None else 0.0
-                    for k, v in terms.items():
-                        g = _grad_norm(v, wrt)
+                for where in probe:
+                    for k, gk in per_term.items():
+                        g = gk[where]
                         if where == "params" and k in shares:
-                            ok = g > 1e-12 * max(g_ref, 1e-30)
-                            self._scales[k] = shares[k] * g_ref / g if ok else 0.0
+                            ok = g > 1e-12 * max(g_ref[where], 1e-30)
+                            self._scales[k] = shares[k] * g_ref[where] / g if ok else 0.0
                             g = g * self._scales[k]
-                        norms[f"{where}/{k}"] = g / g_ref if g_ref > 0 else float("nan")
+                        norms[f"{where}/{k}"] = g / g_ref[where] if g_ref[where] > 0 else float("nan")
                 self._grad_norms = norms
         if shares:
             terms = {k: (v * self._scales.get(k, 0.0) if k in shares else v) for k, v in terms.items()}
