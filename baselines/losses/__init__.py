@@ -1,6 +1,7 @@
 """Loss terms of the DFKD baselines, one small module per family.
 
-* :mod:`.bn` — BatchNorm statistics loss (DeepInversion; momentum variant of Fast-DFKD);
+* :mod:`.bn` — BatchNorm statistics loss (DeepInversion; momentum variant of Fast-DFKD;
+  DFQ's Gaussian-KL form);
 * :mod:`.adversarial` — DeepInversion's JS term, CMI/Fast's masked KL;
 * :mod:`.priors` — total variation, l2 norm, the class (cross-entropy) term;
 * :mod:`.contrastive` — CMI's instance features, projection head, memory bank, InfoNCE;
@@ -10,7 +11,7 @@
 Each returns an *unweighted* tensor; synthesizers weight them into named terms.
 """
 from .adversarial import adi_loss, js_divergence, kl_per_sample, masked_kl_adversarial
-from .bn import BNStatLoss, bn_layers, bn_stat_distance, channel_stats
+from .bn import BN_FORMS, BNStatLoss, bn_gaussian_kl, bn_layers, bn_stat_distance, channel_stats
 from .contrastive import (InstanceFeatures, MemoryBank, ProjectionHead, contrastive_loss,
                           feature_layers)
 from .generative import (activation_loss, attention_map, attention_transfer_loss,
@@ -20,7 +21,7 @@ from .priors import class_loss, l2_norm, neighbour_differences, total_variation
 
 __all__ = [
     "adi_loss", "js_divergence", "kl_per_sample", "masked_kl_adversarial",
-    "BNStatLoss", "bn_layers", "bn_stat_distance", "channel_stats",
+    "BN_FORMS", "BNStatLoss", "bn_gaussian_kl", "bn_layers", "bn_stat_distance", "channel_stats",
     "InstanceFeatures", "MemoryBank", "ProjectionHead", "contrastive_loss", "feature_layers",
     "activation_loss", "attention_map", "attention_transfer_loss", "information_entropy_loss",
     "kl_adversarial", "mae_adversarial",

@@ -12,6 +12,17 @@ Fast-DFKD (Fang et al. AAAI 2022) adds a momentum m: the statistics compared are
 (1 - m) * current + m * ema, and after each synthesize() call ``update_ema`` sets
 ema <- m * ema + (1 - m) * current (ema <- current the first time), as the reference
 ``DeepInversionHook(bn_mmt)`` does. The hooks live only inside ``with BNStatLoss(...)``.
+
+``form = "gaussian-kl"`` replaces r_l by DFQ's divergence (Choi et al., "Data-Free Network
+Quantization With Adversarial Knowledge Distillation", CVPRW 2020, Sec. 3): each channel's
+batch and running statistics are read as Gaussians and compared by the KL divergence
+
+    r_l = sum_c KL(N(mu_c, s2_c) || N(mu_run_c, s2_run_c))
+        = sum_c [ 1/2 log(s2_run_c / s2_c) + (s2_c + (mu_c - mu_run_c)^2) / (2 s2_run_c) - 1/2 ]
+
+with both variances taken as var + eps (the layer's BN eps, as BN normalizes with), so a
+dead channel (s2_c = 0) stays finite. It is 0 exactly when the statistics agree, > 0
+otherwise, and (unlike the L2 form) weighs a channel's mismatch by its running variance.
 """
 from __future__ import annotations
 
@@ -40,6 +51,16 @@ def bn_stat_distance(running_mean: Tensor, running_var: Tensor, mean: Tensor, va
     return torch.linalg.vector_norm(running_var - var) + torch.linalg.vector_norm(running_mean - mean)
 
 
+def bn_gaussian_kl(running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor,
+                   eps: float = 1e-5) -> Tensor:
+    """r = sum_c KL(N(mean_c, var_c + eps) || N(running_mean_c, running_var_c + eps)) (DFQ)."""
+    v, v_run = var + eps, running_var + eps
+    return (0.5 * torch.log(v_run / v) + (v + (mean - running_mean).pow(2)) / (2 * v_run) - 0.5).sum()
+
+
+BN_FORMS = ("l2", "gaussian-kl")
+
+
 class BNStatLoss:
     """Context manager computing L_bn on every forward of ``model`` (see module docstring).
 
@@ -53,9 +74,13 @@ class BNStatLoss:
     (e.g. CMI's local view). The object (and its EMA) outlives the hooks.
     """
 
-    def __init__(self, model: nn.Module, first_multiplier: float = 1.0, momentum: float = 0.0) -> None:
+    def __init__(self, model: nn.Module, first_multiplier: float = 1.0, momentum: float = 0.0,
+                 form: str = "l2") -> None:
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"BN momentum must be in [0, 1), got {momentum}")
+        if form not in BN_FORMS:
+            raise ValueError(f"BN statistics form must be one of {BN_FORMS}, got {form!r}")
+        self.form = form
         self.model = model
         self.layers = bn_layers(model)
         self.first_multiplier = float(first_multiplier)
@@ -78,7 +103,10 @@ class BNStatLoss:
                 m = self.momentum
                 mean = (1 - m) * mean + m * ema_mean
                 var = (1 - m) * var + m * ema_var
-            self._r[idx] = bn_stat_distance(module.running_mean, module.running_var, mean, var)
+            if self.form == "gaussian-kl":
+                self._r[idx] = bn_gaussian_kl(module.running_mean, module.running_var, mean, var, module.eps)
+            else:
+                self._r[idx] = bn_stat_distance(module.running_mean, module.running_var, mean, var)
         return fn
 
     def __enter__(self) -> "BNStatLoss":

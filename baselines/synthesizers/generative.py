@@ -106,6 +106,10 @@ class GenerativeSynthesizer(Synthesizer):
     def adversarial_on(self) -> bool:
         return self.weights().get("adv", 0.0) > 0
 
+    def bn_form(self) -> str:
+        """The BN-statistics distance of term "bn" (:class:`~baselines.losses.BNStatLoss` ``form``)."""
+        return "l2"
+
     def generator_terms(self, t_out: ModelOutput, s_out: ModelOutput | None,
                         bn_loss: BNStatLoss | None) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -138,7 +142,8 @@ class GenerativeSynthesizer(Synthesizer):
         if cfg.init_std > 0:
             self.generator.reset_parameters(cfg.init_std)
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g, betas=tuple(cfg.betas))
-        self.bn_loss = BNStatLoss(self.teacher) if self.weights().get("bn", 0.0) > 0 else None
+        self.bn_loss = (BNStatLoss(self.teacher, form=self.bn_form())
+                        if self.weights().get("bn", 0.0) > 0 else None)
         self._leaves: list[Tensor] = []
 
     def optimized_tensors(self) -> list[Tensor]:
