@@ -238,6 +238,30 @@ def test_nayer_embeddings_random_learnable_and_file(tmp_path):
         build("nayer", embedding="file")
 
 
+def test_nayer_precomputed_embeddings_npy_and_bad_files(tmp_path, capsys):
+    """Embeddings made elsewhere (e.g. CLIP / BERT text features) as .npy; wrong shapes,
+    non-finite values and a missing file are one-line ``error:``s before any compute."""
+    import numpy as np
+
+    from benchmarks.cli import main
+
+    emb = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    np.save(tmp_path / "clip.npy", emb)
+    syn = build("nayer", embedding="file", embedding_file=str(tmp_path / "clip.npy"))
+    assert torch.equal(syn.embeddings, torch.from_numpy(emb)) and syn.generator.norm.num_features == 4
+    syn.synthesize()
+    for name, bad in {"flat.npy": np.zeros(3), "cube.npy": np.zeros((3, 4, 1)),
+                      "nan.npy": np.full((3, 4), np.nan)}.items():
+        np.save(tmp_path / name, bad)
+        with pytest.raises(ConfigError, match="NaN" if name == "nan.npy" else r"expected a \[3, d\]"):
+            build("nayer", embedding="file", embedding_file=str(tmp_path / name))
+    argv = ["distill", "--out", str(tmp_path / "run"), "--synthesizer", "nayer", "--set", "nayer.embedding=file",
+            "--set", f"nayer.embedding_file={tmp_path / 'missing.pt'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "does not exist" in err and "Traceback" not in err
+
+
 # -- ZSKT's attention transfer (student side) -----------------------------------------------------------
 def test_zskt_attaches_attention_transfer_to_the_kd_step_only():
     syn = build("zskt")

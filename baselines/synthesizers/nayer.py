@@ -39,6 +39,7 @@ the real, distinct student (the reference passes its student too).
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -68,8 +69,7 @@ def load_embeddings(path: str, num_classes: int) -> Tensor:
         else:
             emb = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
-        raise ConfigError(f"nayer.embedding_file = {path!r} does not exist; give a .pt or .npy "
-                          f"file holding a [{num_classes}, d] tensor of class embeddings.") from exc
+        raise ConfigError(missing_embeddings(path, f"[{num_classes}, d]")) from exc
     except Exception as exc:  # unreadable / not a tensor file
         raise ConfigError(f"nayer.embedding_file = {path!r} could not be read as a tensor "
                           f"({type(exc).__name__}: {exc}); save a [{num_classes}, d] tensor with "
@@ -78,7 +78,16 @@ def load_embeddings(path: str, num_classes: int) -> Tensor:
         shape = tuple(emb.shape) if isinstance(emb, Tensor) else type(emb).__name__
         raise ConfigError(f"nayer.embedding_file = {path!r} holds {shape}; expected a "
                           f"[{num_classes}, d] tensor, one row per class in label order.")
-    return emb.float()
+    emb = emb.float()
+    if not torch.isfinite(emb).all():
+        raise ConfigError(f"nayer.embedding_file = {path!r} holds NaN or infinite values; "
+                          "recompute the class embeddings.")
+    return emb
+
+
+def missing_embeddings(path: str, shape: str) -> str:
+    return (f"nayer.embedding_file = {path!r} does not exist; give a .pt or .npy file holding a "
+            f"{shape} tensor of class embeddings (e.g. text-encoder features computed offline).")
 
 
 class NoisyLayerGenerator(nn.Module):
@@ -111,7 +120,7 @@ class NoisyLayerGenerator(nn.Module):
 
 
 class NAYER(Synthesizer):
-    """NAYER (Tran et al. 2024): label embeddings through re-initialized noisy layers into a persistent generator."""
+    """NAYER (Tran et al. 2024): class embeddings (seeded random substitute for CLIP's text features, or nayer.embedding_file) through re-initialized noisy layers into a persistent generator."""
 
     name = "nayer"
 
@@ -146,6 +155,9 @@ class NAYER(Synthesizer):
                            f"{s}: embedding = 'file' needs embedding_file (a .pt / .npy [classes, d] "
                            f"tensor), and embedding_file needs embedding = 'file' "
                            f"(got embedding = {self.embedding!r}, embedding_file = {self.embedding_file!r}).")
+            # before any compute (teacher training): the shape is checked once the classes are known
+            cfgmod.require(not self.embedding_file or os.path.isfile(self.embedding_file),
+                           missing_embeddings(self.embedding_file, "[classes, d]"))
 
     def check_setup(self, setup: SynthesisSetup) -> None:
         cfg = self.cfg
