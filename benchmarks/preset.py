@@ -17,6 +17,7 @@ with ``[bench].T`` below all of them.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,9 @@ from typing import Any, Iterable
 
 from baselines.config import apply_sets, deep_merge, load_toml
 from baselines.errors import ConfigError, UnknownNameError
-from baselines.registry import DATASETS, REGULARIZERS, STUDENTS, SYNTHESIZERS, TEACHERS
+from baselines.registry import DATASETS, REGULARIZERS, STUDENTS, SYNTHESIZERS, TEACHERS, Registry
+
+from .executor_options import NAMES as EXECUTORS, check_options
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 REFERENCES = ("teacher", "real", "noise", "scratch")
@@ -34,9 +37,9 @@ TOP_KEYS = ("bench", "run", "distill", "budget", "params", "overrides", "cost", 
 BENCH_KEYS = ("name", "description", "datasets", "pairs", "synthesizers", "regularizer_sets", "treatment",
               "seeds", "references", "T")
 OVERRIDE_KEYS = ("run", "distill", "budget", "params")
-EXECUTORS = ("local", "submitit", "ray")
 COST_KEYS = ("overhead_s", "kd_step_s", "eval_s", "teacher_epoch_s", "synth_batch_s",
              "regularizer_factor", "model_factor")
+COST_TABLES = ("synth_batch_s", "regularizer_factor", "model_factor")  # name -> number
 
 
 @dataclass
@@ -114,7 +117,8 @@ def merge_params_file(data: dict[str, Any], params_file: str) -> dict[str, Any]:
 
 def _check_keys(table: Any, allowed: Iterable[str], where: str) -> dict[str, Any]:
     if not isinstance(table, dict):
-        raise ConfigError(f"preset {where} must be a table, got {table!r}.")
+        raise ConfigError(f"preset {where} must be a table, got {table!r}; write it as a [section] header "
+                          "followed by key = value lines.")
     allowed = list(allowed)
     for key in table:
         if key not in allowed:
@@ -130,15 +134,47 @@ def _str_list(val: Any, where: str) -> list[str]:
     return list(val)
 
 
-def _check_names(names: Iterable[str], known: list[str], kind: str) -> None:
+def _check_names(names: Iterable[str], known: Registry | list[str], kind: str) -> list[str]:
+    """``names`` spelled as registered (a registry's lookup ignores case, as the CLI's does:
+    "CMI" -> "cmi"); UnknownNameError (known names, closest) for a name nothing knows."""
+    if isinstance(known, Registry):
+        return [known.canonical(n) for n in names]
     for n in names:
         if n not in known:
             raise UnknownNameError(kind, n, known)
+    return list(names)
+
+
+def _no_dates(val: Any, source: str, where: str) -> None:
+    """TOML dates and times cannot be hashed into job ids or saved in rows: refuse them by key."""
+    if isinstance(val, dict):
+        for k, v in val.items():
+            _no_dates(v, source, f"{where}.{k}" if where else str(k))
+    elif isinstance(val, list):
+        for i, v in enumerate(val):
+            _no_dates(v, source, f"{where}[{i}]")
+    elif isinstance(val, (dt.date, dt.time)):  # datetime is a date
+        raise ConfigError(f"preset {source}: {where} = {val.isoformat()} is a TOML {type(val).__name__}, which "
+                          "presets do not support; write a number or a quoted string instead.")
+
+
+def _check_name(bench: dict[str, Any], source: str) -> None:
+    """[bench].name becomes the folder results/<name>: one plain, short path component."""
+    name = bench.get("name")
+    if name is None:
+        return
+    if not isinstance(name, str) or not name.strip() or name.strip(".") == "" or any(
+            c in name for c in ("/", "\\", os.sep, "\0")) or ".." in name:
+        raise ConfigError(f"preset {source}: [bench].name = {str(name)[:80]!r} must be a plain folder name "
+                          "(no '/', '\\', '..' or NUL; it becomes results/<name>); rename it, e.g. \"my-bench\".")
+    if len(name.encode()) > 200:
+        raise ConfigError(f"preset {source}: [bench].name is {len(name.encode())} bytes long; it becomes the folder "
+                          "results/<name>, and file systems allow 255 bytes per name: shorten it to 200 at most.")
 
 
 def parse_pair(text: str) -> tuple[str, str]:
     """``"teacher:student"`` -> (teacher, student)."""
-    parts = text.split(":")
+    parts = text.split(":") if isinstance(text, str) else []
     if len(parts) != 2 or not all(parts):
         raise ConfigError(f"preset pair {text!r} must read 'teacher:student', e.g. 'smallcnn:spiking_smallcnn'.")
     return parts[0].strip(), parts[1].strip()
@@ -146,8 +182,7 @@ def parse_pair(text: str) -> tuple[str, str]:
 
 def _reg_set(rs: Any, where: str) -> list[str]:
     rs = [] if rs in ("none", "") else _str_list(rs, where)
-    _check_names(rs, REGULARIZERS.names(), "regularizer")
-    return rs
+    return _check_names(rs, REGULARIZERS, "regularizer")
 
 
 def _treatment(bench: dict[str, Any], source: str) -> list[str]:
@@ -166,19 +201,17 @@ def validate_preset(data: dict[str, Any], source: str = "<preset>") -> dict[str,
     """Check a preset's structure and names (registries); fill [bench] defaults."""
     data = copy.deepcopy(data)
     _check_keys(data, TOP_KEYS, f"file {source} (top level)")
+    _no_dates(data, source, "")
     bench = _check_keys(data.get("bench", {}), BENCH_KEYS, "[bench]")
+    _check_name(bench, source)
     for req in ("datasets", "pairs", "synthesizers"):
         if req not in bench:
             raise ConfigError(f"preset {source}: [bench] needs {req!r} (see the schema in presets/quick.toml).")
-    bench["datasets"] = _str_list(bench["datasets"], "[bench].datasets")
-    _check_names(bench["datasets"], DATASETS.names(), "dataset")
-    bench["pairs"] = _str_list(bench["pairs"], "[bench].pairs")
-    for p in bench["pairs"]:
-        t, s = parse_pair(p)
-        _check_names([t], TEACHERS.names(), "teacher")
-        _check_names([s], STUDENTS.names(), "student")
-    bench["synthesizers"] = _str_list(bench["synthesizers"], "[bench].synthesizers")
-    _check_names(bench["synthesizers"], SYNTHESIZERS.names(), "synthesizer")
+    bench["datasets"] = _check_names(_str_list(bench["datasets"], "[bench].datasets"), DATASETS, "dataset")
+    bench["pairs"] = [":".join([*_check_names([t], TEACHERS, "teacher"), *_check_names([s], STUDENTS, "student")])
+                      for t, s in map(parse_pair, _str_list(bench["pairs"], "[bench].pairs"))]
+    bench["synthesizers"] = _check_names(_str_list(bench["synthesizers"], "[bench].synthesizers"), SYNTHESIZERS,
+                                         "synthesizer")
     sets = bench.get("regularizer_sets")
     if sets is None:
         treatment = _treatment(bench, source)
@@ -210,20 +243,27 @@ def validate_preset(data: dict[str, Any], source: str = "<preset>") -> dict[str,
         _check_keys(ov, OVERRIDE_KEYS, f"[overrides.{ds}]")
         _validate_sections(ov, f"{source} [overrides.{ds}]", method_names)
     cost = _check_keys(data.get("cost", {}), COST_KEYS, "[cost]")
-    for key in ("synth_batch_s", "regularizer_factor", "model_factor"):
-        if key in cost:
-            _check_keys(cost[key], list(cost[key]), f"[cost.{key}]")
+    for key, val in cost.items():
+        for k, v in (_table(val, f"[cost.{key}]") if key in COST_TABLES else {"": val}).items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+                raise ConfigError(f"preset {source}: [cost] {key}{'.' + k if k else ''} = {v!r} must be a "
+                                  "non-negative number of seconds (or a factor); fix it or remove the key.")
     ex = _check_keys(data.get("executor", {}), EXECUTORS, "[executor]")
     for name, opts in ex.items():
-        _check_keys(opts, list(opts), f"[executor.{name}]")
+        check_options(name, opts, f"preset {source} [executor.{name}]")
     if not isinstance(data.get("tune", {}), dict):
         raise ConfigError(f"preset {source}: [tune] must be a table (see `dfkd tune --help`).")
     return data
 
 
+def _table(val: Any, where: str) -> dict[str, Any]:
+    """``val`` when it is a table (its keys are checked elsewhere), else a ConfigError."""
+    return _check_keys(val, list(val) if isinstance(val, dict) else [], where)
+
+
 def _validate_sections(data: dict[str, Any], source: str, methods: set[str]) -> None:
     for sec in ("run", "distill"):
-        _check_keys(data.get(sec, {}), list(data.get(sec, {})), f"[{sec}]")  # keys: resolve_config
+        _table(data.get(sec, {}), f"[{sec}]")  # keys: resolve_config
     for key in data.get("run", {}):
         if key in IDENTITY_KEYS:
             raise ConfigError(f"preset {source}: [run].{key} is set per job by [bench]; list it there.")
@@ -232,7 +272,7 @@ def _validate_sections(data: dict[str, Any], source: str, methods: set[str]) -> 
         _check_keys(b, ["distill"] if synth == "scratch" else ["distill", synth], f"[budget.{synth}]")
     params = _check_keys(data.get("params", {}), REGULARIZERS.names(), "[params]")
     for reg, p in params.items():
-        _check_keys(p, list(p), f"[params.{reg}]")
+        _table(p, f"[params.{reg}]")
 
 
 # --------------------------------------------------------------------------- layering

@@ -118,9 +118,8 @@ def check(fn, arg, seed, plain=True):
     return "ok"
 
 
-def tally(results, known=()):
-    """Counts of ok / error; fails on a bare exception, except signatures in ``known``
-    (bugs in files owned elsewhere, reported in issue 13), which make the test xfail."""
+def tally(results):
+    """Counts of ok / error; fails on a bare exception (one report per signature)."""
     seen = {"ok": 0, "error": 0}
     bare = {}
     for res in results:
@@ -128,9 +127,8 @@ def tally(results, known=()):
             bare.setdefault(res[1], res[2])
         else:
             seen[res] += 1
-    unknown = {k: v for k, v in bare.items() if k not in known}
-    assert not unknown, "\n\n".join(unknown.values())
-    return seen, bare
+    assert not bare, "\n\n".join(bare.values())
+    return seen
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -169,7 +167,7 @@ def test_resolve_config_raises_only_dfkd_errors(base_config):
             r = random.Random(seed)
             yield check(resolve_config, mutate(base_config if r.random() < 0.8 else {}, r, 1 + r.randrange(3)), seed)
 
-    seen, _ = tally(cases())
+    seen = tally(cases())
     assert seen["ok"] > 10 and seen["error"] > 50, seen  # both paths are exercised
 
 
@@ -178,24 +176,64 @@ def test_resolve_config_rejects_non_tables():
         assert check(resolve_config, val, seed) == "error"
 
 
-#: bare exceptions of the preset validation found by this fuzzer, in benchmarks/preset.py
-#: (owned by the benchmark restructuring; issue 13's bench part): a section such as [run]
-#: given a non-table value (run = 1979-05-27) -> TypeError in _validate_sections.
-KNOWN_PRESET_BUGS = {("TypeError", "preset.py:_validate_sections")}
-
-
 def test_preset_validation_raises_only_dfkd_errors(base_preset):
+    """(A section such as [run] given a non-table value, run = 1979-05-27, was a TypeError in
+    preset.py's _validate_sections; now an error naming the section.)"""
     def cases():
         for seed in range(N_CASES):
             r = random.Random(10_000 + seed)
             data = mutate(base_preset, r, 1 + r.randrange(3))
             yield check(lambda d: validate_preset(d, f"<fuzz {seed}>"), data, seed, plain=False)
 
-    seen, bare = tally(cases(), KNOWN_PRESET_BUGS)
+    seen = tally(cases())
     assert seen["ok"] > 10 and seen["error"] > 50, seen
-    if bare:
-        pytest.xfail("known preset-validation bugs (benchmarks/preset.py, issue 13 bench part): "
-                     + "; ".join(v.splitlines()[0] for v in bare.values()))
+
+
+MINI = {"bench": {"datasets": ["toy"], "pairs": ["smallcnn:spiking_smallcnn"], "synthesizers": ["cmi"]}}
+
+
+@pytest.mark.parametrize("section, value, text", [
+    ("run", 3, "preset [run] must be a table, got 3; write it as a [section] header"),
+    ("distill", "x", "preset [distill] must be a table"),
+    ("run", dt.date(1979, 5, 27), "run = 1979-05-27 is a TOML date"),
+    ("budget", {"cmi": 1}, "preset [budget.cmi] must be a table, got 1"),
+    ("params", {"stars": [1]}, "preset [params.stars] must be a table"),
+    ("cost", {"synth_batch_s": 3}, "preset [cost.synth_batch_s] must be a table"),
+    ("cost", {"kd_step_s": "slow"}, "[cost] kd_step_s = 'slow' must be a non-negative number"),
+    ("executor", {"local": 2}, "[executor.local] must be a table of options of the local executor, got 2"),
+])
+def test_preset_sections_of_the_wrong_type_are_clear_errors(section, value, text):
+    with pytest.raises(DFKDError) as e:
+        validate_preset(dict(copy.deepcopy(MINI), **{section: value}), "p.toml")
+    assert text in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("where, value, text", [
+    (("distill", "lr"), dt.date(1979, 5, 27), "preset p.toml: distill.lr = 1979-05-27 is a TOML date, which presets "
+                                              "do not support; write a number or a quoted string instead."),
+    (("run", "teacher_epochs"), dt.time(7, 32), "run.teacher_epochs = 07:32:00 is a TOML time"),
+    (("params", "stars"), {"alpha": [dt.datetime(1979, 5, 27, 7, 32)]},
+     "params.stars.alpha[0] = 1979-05-27T07:32:00 is a TOML datetime"),
+    (("tune", "alpha"), dt.date(2000, 1, 1), "tune.alpha = 2000-01-01 is a TOML date"),
+])
+def test_preset_dates_and_times_are_errors_naming_the_key(where, value, text):
+    data = copy.deepcopy(MINI)
+    data.setdefault(where[0], {})[where[1]] = value
+    with pytest.raises(DFKDError) as e:
+        validate_preset(data, "p.toml")
+    assert text in str(e.value), str(e.value)
+
+
+def test_preset_names_ignore_case_like_the_cli():
+    data = {"bench": {"datasets": ["TOY"], "pairs": ["SmallCNN:Spiking_SmallCNN"], "synthesizers": ["CMI", "Fast"],
+                      "regularizer_sets": [[], ["STARS"]], "treatment": ["Stars"]},
+            "budget": {"cmi": {"cmi": {"iterations": 2}}}}
+    bench = validate_preset(data, "p.toml")["bench"]
+    assert bench["datasets"] == ["toy"] and bench["pairs"] == ["smallcnn:spiking_smallcnn"]
+    assert bench["synthesizers"] == ["cmi", "fast"] and bench["regularizer_sets"] == [[], ["stars"]]
+    assert bench["treatment"] == ["stars"]
+    with pytest.raises(DFKDError, match="unknown synthesizer 'CMIX'. Did you mean 'cmi'"):
+        validate_preset({"bench": dict(data["bench"], synthesizers=["CMIX"])}, "p.toml")
 
 
 @pytest.mark.parametrize("text", ["1", "nan", "[1, {a = 1}]", "1979-05-27", "=", "", "x y", "'", "\x00", "[" * 50])
