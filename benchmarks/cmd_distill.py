@@ -123,14 +123,19 @@ def summary_lines(row: dict[str, Any], path: str | None = None) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from .job import config_hash, resolve_config, run_job
+    from .outputs import check_out_dir_writable
 
     cfg = resolve_config(user_config(args))
     if args.dry_run:
         print(json.dumps(cfg, indent=2))
         print(f"run_id: {config_hash(cfg)}")
         return 0
+    check_out_dir_writable(args.out)  # an --out that cannot hold result.json is refused before compute
     row = run_job(cfg, args.out)
-    print("\n".join(summary_lines(row, f"{args.out}/result.json")))
+    print("\n".join(summary_lines(row, row.get("result_file") or f"{args.out}/result.json")))
+    if row.get("save_error"):
+        print(f"error: {row['save_error']}.", file=sys.stderr)
+        return 1
     if row["status"] != "ok":
         print(f"run failed: {row['error']}", file=sys.stderr)
         return 1

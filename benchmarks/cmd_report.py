@@ -22,6 +22,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {paths['leaderboard']}, {paths['csv']}"
           + (f", {paths['parquet']}" if "parquet" in paths else " (no parquet: pyarrow not installed)")
           + (f", {len(paths.get('plots', {}))} plot(s) in {args.dir}/plots" if not args.no_plots else ""))
+    bad = paths.get("corrupt") or []
+    if bad:
+        print(f"error: {len(bad)} row file(s) are corrupt (truncated or not JSON) and were left out of the report: "
+              f"{', '.join(map(str, bad))}; re-run the same `dfkd bench` command to recompute those jobs.",
+              file=sys.stderr)
+        return 1
     return 0
 
 

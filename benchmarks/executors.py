@@ -16,6 +16,7 @@ initializer), so N workers never oversubscribe the CPU; ``submitit`` uses the jo
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import multiprocessing as mp
 import os
@@ -28,11 +29,12 @@ from typing import Any, Callable
 
 from baselines.errors import ConfigError, UnknownNameError
 
+from .executor_options import NAMES
 from .jobs import Job
 from .rows import ResultRow
-from .store import job_dir, read_row, rows_dir, write_row
+from .outputs import write_or_keep
+from .store import job_dir, read_row, rows_dir
 
-NAMES = ("local", "submitit", "ray")
 STARTED = "started"  # marker file in DIR/jobs/<id>/ while a worker runs the job
 
 Summary = dict[str, Any]
@@ -137,17 +139,30 @@ def execute(spec: dict[str, Any]) -> Summary:
     except Exception as exc:  # noqa: BLE001 - a failed job must not stop the others
         failed = ResultRow.failed(spec["cfg"], f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=20))
         row = ResultRow.of_job(failed.to_dict(), spec, time.perf_counter() - t0)
-    write_row(spec["rows_dir"], spec["job_id"], row)
+    summary = store_row(spec, row)
     marker.unlink(missing_ok=True)
-    return summarize(spec, row)
+    return summary
+
+
+def store_row(spec: dict[str, Any], row: ResultRow) -> Summary:
+    """Write the job's row; one that cannot be written (disk full, read-only) is kept in a
+    fallback file (:func:`benchmarks.outputs.write_or_keep`) and the summary is a failure
+    naming the job, the cause and where the row is, so the coordinator goes on."""
+    _, err = write_or_keep(Path(spec["rows_dir"]) / f"{spec['job_id']}.json", row.to_dict(), "row")
+    summary = summarize(spec, row)
+    if err:
+        summary.update(status="failed", error=f"row of job {spec['label']}: {err} (or re-run the same command: "
+                                              "finished rows are kept, jobs without a row run again)")
+    return summary
 
 
 def record_failure(spec: dict[str, Any], error: str) -> Summary:
     """Write a failed row for a job the executor lost (worker died, scheduler error)."""
     row = ResultRow.of_job(ResultRow.failed(spec["cfg"], error).to_dict(), spec, 0.0)
-    write_row(spec["rows_dir"], spec["job_id"], row)
-    (Path(spec["job_dir"]) / STARTED).unlink(missing_ok=True)
-    return summarize(spec, row)
+    summary = store_row(spec, row)
+    with contextlib.suppress(OSError):
+        (Path(spec["job_dir"]) / STARTED).unlink(missing_ok=True)
+    return summary
 
 
 def _row_summary(spec: dict[str, Any]) -> Summary | None:

@@ -319,7 +319,7 @@ def run_job(cfg: dict[str, Any], out_dir: str | None = None,
     """
     from baselines.provenance import git_commit, now_iso, package_versions, peak_rss_mb
 
-    from .store import atomic_write_json
+    from .outputs import write_or_keep
 
     cfg = resolve_config(cfg)
     run = cfg["run"]
@@ -361,8 +361,10 @@ def run_job(cfg: dict[str, Any], out_dir: str | None = None,
     def finish(status: str) -> dict[str, Any]:
         row.update(status=status, finished=now_iso(), peak_rss_mb=peak_rss_mb(),
                    total_seconds=time.perf_counter() - t_start)
-        if out_dir is not None:
-            atomic_write_json(f"{out_dir}/result.json", row, indent=2)
+        if out_dir is not None:  # a result that cannot be written is kept elsewhere; the row says where
+            kept, err = write_or_keep(f"{out_dir}/result.json", row, h, indent=2)
+            if err:
+                row.update(result_file=str(kept) if kept else None, save_error=err)
         if hooks is not None:
             hooks.finish(row)
         return row

@@ -30,7 +30,7 @@ import pandas as pd
 from .frame import (NONE, REFERENCE_SYNTHS, TIMING_PARTS, by_seed as _by_seed, frame, load_rows, mean_of as _mean,
                     treatment_label)
 from .stats import _finite, _int, _num, _pair_num, diff_ci, fmt_diff, fmt_ms, md_table, mean_std
-from .store import read_manifest, treatment_of
+from .store import corrupt_rows, read_manifest, treatment_of
 
 #: Published top-1 (%) of ANN students, Fang et al., "Up to 100x Faster Data-free Knowledge
 #: Distillation" (AAAI 2022), Table 1, as collected in shared/reference/baselines.md:
@@ -278,10 +278,13 @@ def write_report(out: str | Path, plots: bool = True) -> dict[str, Any]:
     """results.csv (+ .parquet when pyarrow is installed), plots/*.png and leaderboard.md."""
     out = Path(out)
     rows = load_rows(out)
+    corrupt = corrupt_rows(out)
     if not rows:
         from baselines.errors import ConfigError
 
-        raise ConfigError(f"{out} has no rows ({out / 'rows'}/*.json); run `dfkd bench --out {out}` first.")
+        bad = f", only {len(corrupt)} corrupt row file(s) such as {corrupt[0]}" if corrupt else ""
+        raise ConfigError(f"{out} has no rows ({out / 'rows'}/*.json){bad}; run `dfkd bench --out {out}` first "
+                          "(it runs the jobs without a readable row).")
     df = frame(rows, treatment_of(out))
     paths: dict[str, Any] = {}
     flat = df.assign(grad_norms=[json.dumps(v, sort_keys=True) if isinstance(v, dict) else None
@@ -307,6 +310,11 @@ def write_report(out: str | Path, plots: bool = True) -> dict[str, Any]:
     name = man.get("preset", {}).get("name")
     title = f"Leaderboard: {name}" if name else "Leaderboard"
     text = leaderboard_markdown(df, title, plot_paths, notes)
+    if corrupt:
+        text += (f"\n## Corrupt row files\n\n{len(corrupt)} row file(s) could not be read (truncated or not "
+                 "JSON) and are not in the tables above; re-running the same `dfkd bench` command recomputes "
+                 "their jobs:\n\n" + "".join(f"- `{p.relative_to(out)}`\n" for p in corrupt))
     (out / "leaderboard.md").write_text(text)
     paths["leaderboard"] = out / "leaderboard.md"
+    paths["corrupt"] = corrupt
     return paths

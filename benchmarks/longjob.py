@@ -165,6 +165,12 @@ class JobHooks:
                 self.tb.add_scalar("acc/student_final", row["student_acc"], self.epochs - 1)
 
     def finish(self, row: dict[str, Any]) -> None:
+        try:
+            self._finish(row)
+        except OSError:  # job.log on a full disk: the result itself is saved (or kept elsewhere) already
+            self.close()
+
+    def _finish(self, row: dict[str, Any]) -> None:
         status = row.get("status")
         if status == "ok":
             acc = row.get("student_acc")

@@ -3,7 +3,9 @@
 The steps live in their own modules (``preset``, ``jobs``, ``cost``, ``store``,
 ``preflight``, ``executors``, ``leaderboard``); this one runs them in order and reports
 progress. Re-running skips jobs with a row (``status == "ok"``; failed rows too unless
-``retry_failed``), so a killed benchmark resumes with no row lost or duplicated.
+``retry_failed``), so a killed benchmark resumes with no row lost or duplicated. The output
+directory is checked (writable, a directory, name length) before compute and locked while
+the benchmark runs (:mod:`benchmarks.outputs`): a second bench on it exits naming this one.
 
 Seams (explicit, never environment variables): ``BenchOptions.job_fn`` ("module:function",
 importable by the workers) replaces the job function of every job (then teachers are left to
@@ -17,16 +19,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 from baselines.config import deep_merge
-from baselines.errors import ConfigError, UnknownNameError
+from baselines.errors import ConfigError
 
 from . import executors
 from .cost import cost_model, format_seconds, teacher_seconds
+from .executor_options import check_options
 from .jobs import Job, Resolver, expand, filter_jobs, teacher_keys
+from .outputs import bench_lock, check_out_dir_writable
 from .preflight import check_datasets, prepare_teachers
 from .progress import BenchProgress
 from .preset import EXECUTORS, Preset, load_preset, split_sets, validate_preset  # noqa: F401 - re-exported
 from .rows import ResultRow
-from .store import check_out_dir, job_state, pending, read_rows, remove_partial_writes, write_manifest
+from .store import check_out_dir, corrupt_rows, job_state, pending, read_rows, remove_partial_writes, write_manifest
 
 
 @dataclass
@@ -82,10 +86,9 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> int:
     """Expand, check, run and report a benchmark; returns the exit code (1 if a job failed)."""
     preset = load_preset(opts.preset, opts.params_file)
     _, ex_sets = split_sets(opts.sets)
+    for name, ex_set in ex_sets.items():
+        check_options(name, ex_set, f"--set executor.{name}")
     ex_opts = deep_merge(preset.data.get("executor", {}).get(opts.executor, {}), ex_sets.get(opts.executor, {}))
-    for name in ex_sets:
-        if name not in EXECUTORS:
-            raise UnknownNameError("executor", name, list(EXECUTORS))
     executors.check_executor(opts.executor)
     workers = opts.workers
     if workers is None:
@@ -98,12 +101,22 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> int:
         raise ConfigError(f"--only {' '.join(opts.only)!r} matches none of the {len(all_jobs)} jobs of preset "
                           f"{preset.name!r}; e.g. {all_jobs[0].label!r} (use --dry-run to list them).")
     out = Path(opts.out) if opts.out else default_out(preset)
-    rows = read_rows(out)
     if opts.dry_run:
-        log(dry_run_text(preset, jobs, rows, workers))
+        log(dry_run_text(preset, jobs, read_rows(out), workers))
         return 0
+    check_out_dir_writable(out)  # a file, read-only or too long a name: refused before compute
+    with bench_lock(out):  # a second bench on this directory exits (naming this one's pid)
+        return _run_locked(opts, preset, all_jobs, jobs, out, workers, ex_opts, log)
+
+
+def _run_locked(opts: BenchOptions, preset: Preset, all_jobs: list[Job], jobs: list[Job], out: Path,
+                workers: int, ex_opts: dict[str, Any], log: Callable[[str], None]) -> int:
+    rows = read_rows(out)
     for w in check_out_dir(out, preset.name, [j.job_id for j in all_jobs]):
         log(f"warning: {w}")
+    bad = corrupt_rows(out)
+    if bad:
+        log(f"warning: {len(bad)} corrupt row file(s) (truncated or not JSON, e.g. {bad[0]}); their jobs run again.")
     seeds = {s: i for i, s in enumerate(preset.bench["seeds"])}
     by_id = {j.job_id: j for j in jobs}
     todo = sorted((by_id[i] for i in pending(by_id, rows, opts.retry_failed)),  # per seed, longest first
@@ -112,9 +125,13 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> int:
         f"{len(todo)} to run -> {out}")
     if todo:
         bundles = check_datasets(todo, preset.name)
-        write_manifest(out, {"name": preset.name, "source": preset.source, "data": preset.data},
-                       {j.job_id: j.label for j in all_jobs}, opts.argv)
-        remove_partial_writes(out)
+        try:
+            write_manifest(out, {"name": preset.name, "source": preset.source, "data": preset.data},
+                           {j.job_id: j.label for j in all_jobs}, opts.argv)
+            remove_partial_writes(out)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {out / 'manifest.json'} ({exc.strerror or exc}); nothing was run: "
+                              "free space (or fix the permissions) or pass another --out.") from exc
         if opts.job_fn is None:
             prepare_teachers(todo, log, bundles)
         del bundles
@@ -138,7 +155,12 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> int:
     if opts.report:
         from .leaderboard import write_report
 
-        paths = write_report(out)
+        try:
+            paths = write_report(out)
+        except OSError as exc:
+            log(f"error: the report could not be written ({exc.strerror or exc}); the rows are kept in "
+                f"{out / 'rows'}: free space and run `dfkd report {out}`.")
+            return 1
         log(f"leaderboard: {paths.get('leaderboard')}")
     if failed:
         log(f"{len(failed)} job(s) failed or have no row (e.g. {failed[0].label}); see the leaderboard's "

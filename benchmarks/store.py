@@ -80,6 +80,14 @@ def read_rows(out: str | Path) -> dict[str, ResultRow]:
     return found
 
 
+def corrupt_rows(out: str | Path) -> list[Path]:
+    """Row files in DIR/rows that cannot be read as a row (truncated, not JSON, not an object):
+    :func:`read_rows` leaves them out, so the report names and counts them, and ``dfkd bench``
+    re-runs their jobs."""
+    d = rows_dir(out)
+    return [p for p in sorted(d.glob("*.json")) if not p.name.startswith(".") and read_row(p) is None]
+
+
 def write_row(rows: str | Path, job_id: str, row: ResultRow | dict[str, Any]) -> Path:
     obj = row.to_dict() if isinstance(row, ResultRow) else row
     return atomic_write_json(Path(rows) / f"{job_id}.json", obj)
