@@ -185,6 +185,9 @@ def make_plan(spec: TuneSpec) -> TunePlan:
         raise ConfigError(f"--trials {spec.trials}: give at least 1 trial")
     if spec.workers < 1:
         raise ConfigError(f"--workers {spec.workers}: give at least 1 worker")
+    if spec.timeout is not None and not 0 < spec.timeout < float("inf"):  # nan fails both
+        raise ConfigError(f"--timeout {spec.timeout}: give a positive, finite number of seconds (or leave it "
+                          "out: no time limit).")
     preset = load_preset(spec.preset)
     treatment = preset.require_treatment("dfkd tune")
     home = treatment[0]

@@ -25,13 +25,21 @@ def no_experimental_warnings() -> Iterator[None]:
 
 
 def mask_url(url: str) -> str:
+    """``url`` for display, its password replaced by ``***`` (also when it does not parse)."""
     if "://" not in url:
         return url
     try:
         from sqlalchemy.engine import make_url
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - only for display
-        return url
+    except Exception:  # noqa: BLE001 - unparsable (bad port, ...): mask it by hand
+        pw = _password(url)
+        return url.replace(f":{pw}@", ":***@", 1) if pw else url
+
+
+def _password(url: str) -> str | None:
+    """What sits between the user's ':' and the last '@' of a URL (None: no password)."""
+    cred, at, _ = url.partition("://")[2].rpartition("@")
+    return cred.split(":", 1)[1] if at and ":" in cred else None
 
 
 def _storage_hint(url: str) -> str:
@@ -81,6 +89,8 @@ def open_storage(plan: Any) -> optuna.storages.BaseStorage:
             return optuna.storages.RDBStorage(driver_url(url), **kw)
     except Exception as exc:  # noqa: BLE001 - sqlalchemy/driver errors vary; all mean "cannot open"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if _password(url):  # a driver may echo the URL
+            first = first.replace(_password(url), "***")
         raise ConfigError(f"cannot open the Optuna storage {mask_url(url)!r}: "
                           f"{type(exc).__name__}: {first}. {_storage_hint(url)}") from exc
 

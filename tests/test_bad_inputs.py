@@ -178,3 +178,70 @@ def test_the_console_script_prints_no_traceback(tmp_path):
                         "--config", cfg, "--out", str(tmp_path / "o"), "--dry-run"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and p.stderr.startswith("error: config file") and "Traceback" not in p.stderr
+
+
+# -- dfkd bench: preset and executor inputs (the fake jobs of tests/test_runner.py, in-process) -----
+def _preset_with(tmp: Path, edit) -> str:
+    from test_runner import TINY as PRESET, write_preset
+
+    return write_preset(tmp, edit(PRESET), name="bad.toml")
+
+
+BENCH_CASES = [
+    ("executor-set-misspelled", lambda p: p, ["--set", "executor.local.wrkers=2"],
+     ["--set executor.local: unknown option of the local executor 'wrkers'. Did you mean 'workers'?",
+      "Known options of the local executor: workers."]),
+    ("executor-preset-misspelled", lambda p: p + '\n[executor.submitit]\nslurm_partishun = "gpu"\n', [],
+     ["[executor.submitit]: unknown option of the submitit executor 'slurm_partishun'. "
+      "Did you mean 'slurm_partition'?"]),
+    ("executor-workers-not-a-number", lambda p: p + '\n[executor.local]\nworkers = "two"\n', [],
+     ["workers = 'two' must be a whole number >= 1"]),
+    ("preset-lr-date", lambda p: p.replace("[distill]\nepochs = 1", "[distill]\nepochs = 1\nlr = 1979-05-27"), [],
+     ["distill.lr = 1979-05-27 is a TOML date", "write a number or a quoted string"]),
+    ("preset-cost-date", lambda p: p.replace("kd_step_s = 2.0", "kd_step_s = 1979-05-27"), [],
+     ["cost.kd_step_s = 1979-05-27 is a TOML date"]),
+    ("preset-param-datetime", lambda p: p.replace("alpha = 0.4", "alpha = 1979-05-27T07:32:00"), [],
+     ["params.stars.alpha = 1979-05-27T07:32:00 is a TOML datetime"]),
+    ("preset-run-not-a-table", lambda p: "run = 3\n" + p, [], ["preset [run] must be a table, got 3"]),
+]
+
+
+@pytest.mark.parametrize("edit, sets, texts", [pytest.param(*c[1:], id=c[0]) for c in BENCH_CASES])
+def test_bad_bench_input_is_a_clear_error(tmp_path, capsys, monkeypatch, edit, sets, texts):
+    from test_runner import DEBUG, bench_main
+
+    monkeypatch.setenv("FAKE_COUNTER", str(tmp_path / "counter.txt"))
+    rc = bench_main(["--preset", _preset_with(tmp_path, edit), "--out", str(tmp_path / "out"),
+                     "--executor", "submitit", "--set", DEBUG[0], *sets])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error:") and "Traceback" not in err, err
+    for text in texts:
+        assert text in err, (text, err)
+    assert not (tmp_path / "counter.txt").exists()  # no job ran
+
+
+# -- dfkd tune: --timeout and the storage URL's password (the fake job of tests/test_tune.py) -----
+def _tune(tmp_path: Path, *extra: str) -> list[str]:
+    from test_tune import write_preset
+
+    return ["tune", "--preset", write_preset(tmp_path), "--synthesizer", "deepinversion", "--trials", "2",
+            "--out", str(tmp_path / "tune"), "--no-plots", "--no-test", "--job-fn", "test_tune:job_entry",
+            "--resolver", "test_tune:fake_resolve", *extra]
+
+
+@pytest.mark.parametrize("timeout", ["-5", "0", "nan", "inf"])
+def test_tune_timeout_must_be_positive_before_any_trial(tmp_path, capsys, timeout):
+    from test_tune import CALLS
+
+    CALLS.clear()
+    rc = main(_tune(tmp_path, "--timeout", timeout))
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"error: --timeout {float(timeout)}: give a positive, finite number"), err
+    assert CALLS == [] and not (tmp_path / "tune" / "study.journal").exists()
+
+
+def test_tune_unparsable_storage_url_never_shows_the_password(tmp_path, capsys):
+    rc = main(_tune(tmp_path, "--storage", "postgresql://user:s3cret@host:notaport/db"))
+    cap = capsys.readouterr()
+    assert rc == 2 and cap.err.startswith("error: cannot open the Optuna storage 'postgresql://user:***@host:notaport/db'")
+    assert "s3cret" not in cap.err + cap.out
