@@ -110,6 +110,9 @@ class SpikingStagedModel(StagedModel):
 
     is_spiking = True
     encode_once: bool = True
+    #: the layout the input is converted to (``torch.channels_last`` under the
+    #: ``compiled-cl`` neuron backend, whose conv weights are channels_last); None: as given
+    input_memory_format: torch.memory_format | None = None
 
     def __init__(self, T: int = 4) -> None:
         super().__init__()
@@ -140,6 +143,8 @@ class SpikingStagedModel(StagedModel):
         from .spiking import MembraneRecorder
 
         functional.reset_net(self)
+        if self.input_memory_format is not None and x.dim() == 4:
+            x = x.contiguous(memory_format=self.input_memory_format)
         rec = MembraneRecorder(self) if record_spiking else None
         if rec is not None:
             rec.__enter__()
@@ -149,6 +154,10 @@ class SpikingStagedModel(StagedModel):
             for stage in self.stages:
                 h = stage(h)
                 feats.append(h)
+            if self.input_memory_format is not None:
+                from .neuron_backend import grad_like_input
+
+                h = grad_like_input(h)
             pooled = self.pool(h)
             logits = self.fc(pooled)
         finally:

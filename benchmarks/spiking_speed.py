@@ -1,7 +1,7 @@
-"""One training step of a spiking student, four ways, side by side on this machine.
+"""One training step of a spiking student, several ways, side by side on this machine.
 
     python -m benchmarks.spiking_speed [--threads 1] [--batch 64] [--T 4] [--repeats 7]
-                                       [--student spiking_smallcnn] [--json OUT]
+                                       [--student spiking_smallcnn] [--candidates] [--json OUT]
     python -m benchmarks.spiking_speed --precision fp32,bf16 [...]   # run.precision instead
 
 A step = forward + KD-style backward (sum of squared logits) + SGD step, on random
@@ -11,11 +11,19 @@ normalized images. Variants (same weights, copied from A):
   B  neuron_backend compiled + encode_once, 32x32
   C  compiled + encode_once, 28x28 (fashion-mnist-28)
   D  eager + encode_once, 28x28 (separates the compile gain from the input-size gain)
+  E  neuron_backend compiled-cl (channels_last convolutions) + encode_once, 28x28
+  F  compiled-cl + encode_once, 32x32
+  --candidates adds two paths measured and not adopted (see the README):
+  W  the whole student under torch.compile (inductor fuses BN, LIF and pooling around the
+     convolutions, AOTAutograd generates the backward), eager neurons, 28x28
+  X  W with channels_last convolutions
 
-Timed interleaved (A, B, C, D, A, B, ...) so drift in the machine's load hits every variant
-alike; the median over ``repeats`` rounds is reported, with its ratio to A. The compiled
-variants' first step (inductor compile, or the on-disk cache's load) is excluded from the
-timing and printed. Spike equality of B vs A is checked on one input in fp32.
+Timed interleaved (A, B, C, ... A, B, ...) so drift in the machine's load hits every
+variant alike; the median over ``repeats`` rounds is reported, with its ratio to A. The
+first step (inductor compile, or the on-disk cache's load) is excluded and printed. Spike
+equality of B vs A is checked on one input in fp32; E's convolutions sum in another order,
+so E vs D (eager, same input) is reported as a spike mismatch fraction and a logit
+difference, at the start and after ``--drift-steps`` SGD steps of both on the same batches.
 
 ``--precision fp32,bf16`` times today's path (A) under each ``run.precision`` instead
 (:func:`baselines.precision.autocast` around the training step, and an eval forward),
@@ -36,6 +44,12 @@ VARIANTS = {  # name: (neuron_backend, encode_once, image size, label)
     "B": ("compiled", True, 32, "compiled + encode_once, 32x32"),
     "C": ("compiled", True, 28, "compiled + encode_once, 28x28"),
     "D": ("eager", True, 28, "eager + encode_once, 28x28"),
+    "E": ("compiled-cl", True, 28, "compiled-cl + encode_once, 28x28"),
+    "F": ("compiled-cl", True, 32, "compiled-cl + encode_once, 32x32"),
+}
+CANDIDATES = {
+    "W": ("whole-model", True, 28, "whole model torch.compile, 28x28"),
+    "X": ("whole-model-cl", True, 28, "W + channels_last, 28x28"),
 }
 
 
@@ -43,62 +57,131 @@ def build(student: str, T: int, backend: str, once: bool, size: int, state: dict
     from baselines.registry import STUDENTS
 
     torch.manual_seed(0)
-    m = STUDENTS.get(student)(in_channels=1, num_classes=10, image_size=size, T=T, neuron_backend=backend)
+    kw = {} if backend.startswith("whole-model") else {"neuron_backend": backend}
+    m = STUDENTS.get(student)(in_channels=1, num_classes=10, image_size=size, T=T, **kw)
     if state is not None:
         m.load_state_dict(state)
     m.encode_once = once
+    if backend.startswith("whole-model"):
+        m = WholeModel(m, channels_last=backend.endswith("-cl"))
     return m.train()
 
 
-def step(model, opt, x) -> None:
+def _body(model, x):
+    h = model.run_stem(x)
+    for stage in model.stages:
+        h = stage(h)
+    return model.fc(model.pool(h)).mean(0)
+
+
+class WholeModel(torch.nn.Module):
+    """A candidate, not a backend: the student's forward (stem, stages, head) as one
+    ``torch.compile`` graph. The neuron reset stays outside (SpikingJelly's reset_net keeps a
+    module cache that would recompile the graph on its second call); forward hooks added
+    after compilation would not be seen, so a backend built on it would have to fall back."""
+
+    def __init__(self, model, channels_last: bool = False) -> None:
+        super().__init__()
+        import torch._functorch.config as functorch_config
+
+        functorch_config.donated_buffer = False  # retain_graph probes, as in neuron_backend
+        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
+        self.channels_last = channels_last
+        self.body = torch.compile(_body)
+
+    def forward(self, x):
+        from spikingjelly.activation_based import functional
+
+        functional.reset_net(self.model)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.body(self.model, x)
+
+
+def step(model, opt, x, y=None) -> None:
     opt.zero_grad(set_to_none=True)
-    model(x).pow(2).mean().backward()
+    out = model(x)
+    loss = out.pow(2).mean() if y is None else torch.nn.functional.cross_entropy(out, y)
+    loss.backward()
     opt.step()
 
 
-def spikes_equal(a, b, x) -> tuple[bool, float]:
-    """(all spikes identical, fraction differing) of models a and b on x (no grad, fp32)."""
+def spike_diff(a, b, x) -> tuple[float, float, list[float]]:
+    """(fraction of spikes differing, max |logit diff|, per-layer fractions) of models a, b
+    on x (no grad, fp32)."""
     with torch.no_grad():
-        sa = a.forward_features(x, record_spiking=True).spiking
-        sb = b.forward_features(x, record_spiking=True).spiking
-    diff = sum(int((p.spikes != q.spikes).sum()) for p, q in zip(sa, sb))
-    total = sum(p.spikes.numel() for p in sa)
-    return diff == 0, diff / max(total, 1)
+        oa, ob = a.forward_features(x, record_spiking=True), b.forward_features(x, record_spiking=True)
+    per = [float((p.spikes != q.spikes).float().mean()) for p, q in zip(oa.spiking, ob.spiking)]
+    diff = sum(int((p.spikes != q.spikes).sum()) for p, q in zip(oa.spiking, ob.spiking))
+    total = sum(p.spikes.numel() for p in oa.spiking)
+    return diff / max(total, 1), float((oa.logits - ob.logits).abs().max()), per
+
+
+def drift(student: str, T: int, size: int, batch: int, steps: int, lr: float = 0.05,
+          backends: tuple[str, str] = ("eager", "compiled-cl"), seed: int = 0) -> list[dict]:
+    """Train two copies (``backends``, same weights, encode_once) with SGD + cross-entropy
+    on the same random batches; after 0, 1, ..., ``steps`` steps: the spike mismatch
+    fraction, the max |logit diff| on a fixed probe batch and the largest weight difference."""
+    g = torch.Generator().manual_seed(seed)
+    a = build(student, T, backends[0], True, size, None)
+    b = build(student, T, backends[1], True, size, a.state_dict())
+    opts = [torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9) for m in (a, b)]
+    probe = torch.randn(batch, 1, size, size, generator=g)
+    rows = []
+    for k in range(steps + 1):
+        frac, logit, per = spike_diff(a, b, probe)
+        with torch.no_grad():
+            wdiff = max(float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters()))
+        rows.append({"step": k, "spike_mismatch": frac, "max_logit_diff": logit, "per_layer": per,
+                     "max_weight_diff": wdiff})
+        if k < steps:
+            x = torch.randn(batch, 1, size, size, generator=g)
+            y = torch.randint(0, 10, (batch,), generator=g)
+            for m, o in zip((a, b), opts):
+                step(m, o, x, y)
+    return rows
 
 
 def run(args) -> dict:
+    from torch._dynamo.utils import counters
+
     torch.set_num_threads(args.threads)
+    variants = {**VARIANTS, **(CANDIDATES if args.candidates else {})}
     ref = build(args.student, args.T, "eager", False, 32, None)
     state = {k: v.clone() for k, v in ref.state_dict().items()}
     models, opts, inputs, warm = {}, {}, {}, {}
     g = torch.Generator().manual_seed(1)
     x32 = torch.randn(args.batch, 1, 32, 32, generator=g)
     x28 = x32[:, :, 2:30, 2:30].contiguous()
-    for k, (backend, once, size, _) in VARIANTS.items():
+    for k, (backend, once, size, _) in variants.items():
         models[k] = build(args.student, args.T, backend, once, size, state)
         opts[k] = torch.optim.SGD(models[k].parameters(), lr=1e-6, momentum=0.9)
         inputs[k] = x32 if size == 32 else x28
-    # spike equality B vs A on the same input and weights, before any step
-    equal, frac = spikes_equal(models["A"], models["B"], x32)
-    for k in VARIANTS:  # warm-up step (compile / cache load for B, C): timed apart
+    equal = spike_diff(models["A"], models["B"], x32)[0] == 0
+    e_vs_d = spike_diff(models["D"], models["E"], x28)
+    for k in variants:  # warm-up step (compile / cache load): timed apart
         t0 = time.perf_counter()
         step(models[k], opts[k], inputs[k])
         warm[k] = time.perf_counter() - t0
-    times = {k: [] for k in VARIANTS}
+    graphs = counters["stats"]["unique_graphs"]
+    times = {k: [] for k in variants}
     for _ in range(args.repeats):
-        for k in VARIANTS:
+        for k in variants:
             t0 = time.perf_counter()
             step(models[k], opts[k], inputs[k])
             times[k].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
+    rows = drift(args.student, args.T, 28, args.batch, args.drift_steps) if args.drift_steps else []
     return {
         "machine": {"processor": platform.processor() or platform.machine(), "platform": platform.platform(),
                     "torch": torch.__version__, "threads": torch.get_num_threads()},
         "student": args.student, "batch": args.batch, "T": args.T, "repeats": args.repeats,
         "median_s": med, "ratio_to_A": {k: med[k] / med["A"] for k in med},
         "first_step_s": warm, "times_s": times,
-        "spikes_B_equal_A": equal, "spikes_B_vs_A_differing_fraction": frac,
-        "labels": {k: v[3] for k, v in VARIANTS.items()},
+        "graphs_compiled_while_timed": counters["stats"]["unique_graphs"] - graphs,
+        "spikes_B_equal_A": equal,
+        "E_vs_D": {"spike_mismatch": e_vs_d[0], "max_logit_diff": e_vs_d[1], "per_layer": e_vs_d[2]},
+        "drift": rows, "labels": {k: v[3] for k, v in variants.items()},
     }
 
 
@@ -108,12 +191,23 @@ def table(r: dict) -> str:
              f"median of {r['repeats']} interleaved rounds",
              f"machine: {m['processor']} | {m['platform']} | torch {m['torch']} | threads {m['threads']}",
              "",
-             f"{'':2} {'variant':34} {'median s':>9} {'x A':>6} {'first step s':>13}"]
+             f"{'':2} {'variant':34} {'median s':>9} {'x A':>6} {'A / x':>6} {'first step s':>13}"]
     for k, label in r["labels"].items():
-        lines.append(f"{k:2} {label:34} {r['median_s'][k]:9.3f} {r['ratio_to_A'][k]:6.2f} {r['first_step_s'][k]:13.2f}")
-    lines += ["", "(first step of B/C includes the one-off torch.compile, or loading its on-disk cache)",
-              f"spikes B == A (same weights, same 32x32 input, fp32): {r['spikes_B_equal_A']} "
-              f"(differing fraction {r['spikes_B_vs_A_differing_fraction']:.2e})"]
+        lines.append(f"{k:2} {label:34} {r['median_s'][k]:9.3f} {r['ratio_to_A'][k]:6.2f} "
+                     f"{1 / r['ratio_to_A'][k]:6.2f} {r['first_step_s'][k]:13.2f}")
+    ed = r["E_vs_D"]
+    lines += ["", "(first step includes the one-off torch.compile, or loading its on-disk cache; "
+              f"graphs compiled during the timed rounds: {r['graphs_compiled_while_timed']})",
+              f"spikes B == A (same weights, same 32x32 input, fp32): {r['spikes_B_equal_A']}",
+              f"E vs D (channels_last convolutions sum in another order), same weights and input: "
+              f"spike mismatch {ed['spike_mismatch']:.2e} "
+              f"(per layer {', '.join(f'{v:.1e}' for v in ed['per_layer'])}), "
+              f"max |logit diff| {ed['max_logit_diff']:.2e}"]
+    if r["drift"]:
+        lines.append("E vs D while both train (SGD lr 0.05, momentum 0.9, cross-entropy, same batches):")
+        lines += [f"  after {d['step']:3d} steps: spike mismatch {d['spike_mismatch']:.2e}, max |logit diff| "
+                  f"{d['max_logit_diff']:.2e}, max |weight diff| {d['max_weight_diff']:.2e}"
+                  for d in r["drift"] if d["step"] in (0, 1, len(r["drift"]) - 1) or d["step"] % 5 == 0]
     return "\n".join(lines)
 
 
@@ -172,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--T", type=int, default=4)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--student", default="spiking_smallcnn")
+    p.add_argument("--candidates", action="store_true",
+                   help="also time the whole-model torch.compile candidates W, X (slow first compile)")
+    p.add_argument("--drift-steps", type=int, default=10,
+                   help="SGD steps of the E vs D drift check (0: skip it)")
     p.add_argument("--json", metavar="OUT", default=None, help="also write the numbers as JSON")
     p.add_argument("--precision", metavar="LIST", default=None,
                    help="compare run.precision values instead, e.g. fp32,bf16 (the first is the baseline)")

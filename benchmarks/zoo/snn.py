@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch
 from torch import Tensor, nn
 
 from baselines.errors import ConfigError, UnknownNameError
@@ -51,9 +52,11 @@ def neuron_factory(neuron: str = "lif", surrogate: str = "atan", tau: float = 2.
                    backend: str = "eager") -> SpikeFn:
     """A zero-argument constructor of multi-step neuron layers with these settings.
 
-    backend: "eager" (SpikingJelly as is) or "compiled" (the library's own LIF / IF
+    backend: "eager" (SpikingJelly as is), "compiled" (the library's own LIF / IF
     recurrence through torch.compile on CPU tensors, :mod:`baselines.neuron_backend`;
-    bit-identical spikes; PLIF stays eager).
+    bit-identical spikes; PLIF stays eager) or "compiled-cl" (the same recurrence reading
+    channels_last activations in place and the stem's time broadcast unexpanded; the
+    student's convolutions go channels_last, see :func:`_finish`).
     Raises UnknownNameError for a neuron / surrogate / backend name outside NEURONS /
     SURROGATES / BACKENDS.
     """
@@ -69,7 +72,8 @@ def neuron_factory(neuron: str = "lif", surrogate: str = "atan", tau: float = 2.
         raise UnknownNameError("surrogate", str(surrogate), list(SURROGATES))
     if str(backend).lower() not in BACKENDS:
         raise UnknownNameError("neuron backend", str(backend), list(BACKENDS))
-    fast = str(backend).lower() == "compiled"
+    fast = str(backend).lower() in ("compiled", "compiled-cl")
+    layout_aware = str(backend).lower() == "compiled-cl"
     if float(tau) <= 1.0 and nkey != "if":
         raise ConfigError(f"neuron tau must be > 1 (the decay is 1/tau), got {tau}.")
     if float(v_threshold) <= (0.0 if v_reset is None else float(v_reset)):
@@ -85,11 +89,11 @@ def neuron_factory(neuron: str = "lif", surrogate: str = "atan", tau: float = 2.
         if fast and nkey != "plif":
             sg = shared_surrogate(sg_cls, float(sg.alpha))
         if nkey == "lif":
-            cls = compiled(sj_neuron.LIFNode) if fast else sj_neuron.LIFNode
+            cls = compiled(sj_neuron.LIFNode, layout_aware) if fast else sj_neuron.LIFNode
             return cls(tau=float(tau), surrogate_function=sg, **common)
         if nkey == "plif":
             return sj_neuron.ParametricLIFNode(init_tau=float(tau), surrogate_function=sg, **common)
-        cls = compiled(sj_neuron.IFNode) if fast else sj_neuron.IFNode
+        cls = compiled(sj_neuron.IFNode, layout_aware) if fast else sj_neuron.IFNode
         return cls(surrogate_function=sg, **common)
 
     return make
@@ -243,7 +247,14 @@ def _spike(name: str, in_channels: int, num_classes: int, image_size: int, T: in
 def _finish(model: SpikingStagedModel, kw: dict[str, Any]) -> SpikingStagedModel:
     """Apply the build options common to every student: ``bn_weight`` (initial BatchNorm
     scale gamma; default 1.0). A larger gamma makes a freshly built student fire more
-    (pre-activations ~ N(0, gamma^2) against V_th = 1)."""
+    (pre-activations ~ N(0, gamma^2) against V_th = 1). ``neuron_backend="compiled-cl"``
+    converts the conv weights to channels_last and makes the model convert its input."""
+    from baselines.neuron_backend import memory_format
+
+    fmt = memory_format(kw.get("neuron_backend", "eager"))
+    if fmt is not torch.contiguous_format:
+        model.to(memory_format=fmt)
+        model.input_memory_format = fmt
     if "bn_weight" in kw:
         w = kw["bn_weight"]
         if isinstance(w, bool) or not isinstance(w, (int, float)) or w <= 0:
