@@ -69,9 +69,11 @@ class RunConfig:
         ``NAME@CHECKPOINT`` (the user's weights). teacher_epochs: None = the recipe's.
     T / neuron / surrogate: the spiking student's time steps, neuron ("lif", "if",
         "plif") and surrogate gradient (ANN students ignore them).
-    neuron_backend: "eager" (SpikingJelly as is) or "compiled" (the library's LIF / IF
+    neuron_backend: "eager" (SpikingJelly as is), "compiled" (the library's LIF / IF
         recurrence through torch.compile on CPU: identical spikes, several times faster
-        after a one-off compile; see baselines.neuron_backend).
+        after a one-off compile) or "compiled-cl" (the same with channels_last
+        convolutions: 1.15-1.2x faster again, spikes not bit-identical; see
+        baselines.neuron_backend).
     student_args: extra keyword arguments of the student factory (e.g. ``width`` of the
         small CNN, ``bn_weight``: the initial BatchNorm scale of spiking students).
     train_subset / test_subset: use a deterministic random subset (None = all); the teacher
