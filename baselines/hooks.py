@@ -129,6 +129,15 @@ class Regularizer:
         Default: none (every term already weighted)."""
         return {}
 
+    def share_rescale(self, phase: str) -> str:
+        """When the harness re-measures the scales of this regularizer's gradient-share terms
+        within one synthesize() call: "doubling" (default: inner steps 0, 1, 2, 4, 8, ...) or
+        "call" (the first inner step only). A scale held over a whole call drifts as the
+        reference term's gradient shrinks (images leaving noise): measured on DeepInversion,
+        a 0.5 share at step 0 was 4-24x BN's gradient from step 10 on
+        (``python -m benchmarks.stars_share_drift``)."""
+        return "doubling"
+
     # -- lifecycle -------------------------------------------------------------
     def setup(self, teacher: StagedModel, student: StagedModel, spec: DataSpec) -> None:
         """Called once before the run (e.g. to derive thresholds from the teacher)."""
@@ -179,6 +188,12 @@ class RegularizerSet:
                 for k, v in (r.grad_shares(phase) or {}).items():
                     out[f"{r.name}/{k}"] = float(v)
         return out
+
+    def share_rescale(self, phase: str) -> str:
+        """"call" when every regularizer with gradient shares in ``phase`` asks for it, else
+        "doubling" (see :meth:`Regularizer.share_rescale`)."""
+        asks = {r.share_rescale(phase) for r in self.regs if r.acts_in(phase) and r.grad_shares(phase)}
+        return "call" if asks == {"call"} else "doubling"
 
     def setup(self, teacher: StagedModel, student: StagedModel, spec: DataSpec) -> None:
         for r in self.regs:

@@ -65,9 +65,13 @@ WEIGHTINGS = ("raw", "grad-share")
 @dataclass
 class WeightingFields:
     """weighting: "grad-share" (default: alpha / beta are gradient shares relative to the
-    reference term) | "raw" (alpha / beta multiply the losses); see the module docstring."""
+    reference term) | "raw" (alpha / beta multiply the losses); see the module docstring.
+    rescale: under grad-share, when the scales are re-measured in synthesis: "doubling"
+    (default; inner steps 0, 1, 2, 4, 8, ... of every call) | "call" (first inner step only,
+    the session-3 behaviour: on DeepInversion the shares then drifted to 4-24x BN's)."""
 
     weighting: Literal["raw", "grad-share"] = "grad-share"
+    rescale: Literal["doubling", "call"] = "doubling"
 
 
 @dataclass
@@ -256,6 +260,9 @@ class STARS(Regularizer):
         self._tapped: nn.Module | None = None
 
     # -- weighting -----------------------------------------------------------------------
+    def share_rescale(self, phase: str) -> str:
+        return getattr(self.cfg, "rescale", "doubling")
+
     def grad_shares(self, phase: str) -> dict[str, float]:
         """{"rca": alpha, "tar": beta} for the enabled terms acting in ``phase`` under
         ``weighting = "grad-share"`` (those terms are then returned unweighted); {} under

@@ -129,23 +129,34 @@ FIRST = {
 MASKED = {"cmi", "fast", "nayer"}
 
 
-def first_batch_adv_grad(syn):
-    """(|d adv / d optimized tensors|_1, adv value) at the first inner step of synthesize()."""
+def synthesize_spying(syn, see):
+    """Run syn.synthesize() calling ``see(terms, inner_step)`` on every inner step's weighted
+    terms (the synthesizer module's ``total_loss`` patched for the call)."""
     mod = sys.modules[type(syn).synthesize.__module__]
-    real, out = mod.total_loss, {}
+    real = mod.total_loss
 
     def spy(terms, where, step):
-        if not out:
-            gs = torch.autograd.grad(terms["adv"], syn.optimized_tensors(), retain_graph=True, allow_unused=True)
-            out["g"] = sum(float(g.abs().sum()) for g in gs if g is not None)
-            out["v"] = float(terms["adv"].detach())
+        see(terms, step)
         return real(terms, where, step)
 
     mod.total_loss = spy
     try:
-        syn.synthesize()
+        return syn.synthesize()
     finally:
         mod.total_loss = real
+
+
+def first_batch_adv_grad(syn):
+    """(|d adv / d optimized tensors|_1, adv value) at the first inner step of synthesize()."""
+    out = {}
+
+    def see(terms, step):
+        if not out:
+            gs = torch.autograd.grad(terms["adv"], syn.optimized_tensors(), retain_graph=True, allow_unused=True)
+            out["g"] = sum(float(g.abs().sum()) for g in gs if g is not None)
+            out["v"] = float(terms["adv"].detach())
+
+    synthesize_spying(syn, see)
     return out["g"], out["v"]
 
 
@@ -273,20 +284,14 @@ def test_grad_share_sets_the_term_gradient_relative_to_bn(name):
     t, s = tiny_pair()
     syn = SYNTHESIZERS.get(name)(SynthesisSetup(t, s, TINY_SPEC, RegularizerSet([ShareReg()]),
                                                 grad_probe_every=0), SHARE_CFG[name])
-    mod = sys.modules[type(syn).synthesize.__module__]
-    real, seen = mod.total_loss, []
+    seen = []
 
-    def spy(terms, where, step):
+    def see(terms, step):
         if not seen:
             wrt = syn.optimized_tensors()
             seen.append((_norm(terms["share/x"], wrt), _norm(terms["bn"], wrt)))
-        return real(terms, where, step)
 
-    mod.total_loss = spy
-    try:
-        res = syn.synthesize()
-    finally:
-        mod.total_loss = real
+    res = synthesize_spying(syn, see)
     g_x, g_bn = seen[0]
     assert g_bn > 0
     assert g_x == pytest.approx(0.5 * g_bn, rel=1e-4)
@@ -297,6 +302,35 @@ def test_grad_share_sets_the_term_gradient_relative_to_bn(name):
         assert {"images/oh", "images/adv", "images/cr", "images/share/x"} <= set(res.grad_norms)
     else:  # DeepInversion optimizes the pixels themselves: one set of keys
         assert not any(k.startswith("images/") for k in res.grad_norms)
+
+
+class CallShareReg(ShareReg):
+    """ShareReg that asks for its scales at a call's first inner step only."""
+
+    def share_rescale(self, phase):
+        return "call"
+
+
+@pytest.mark.parametrize("reg, probes", [(ShareReg, {0, 1, 2, 4, 8}), (CallShareReg, {0})])
+def test_grad_share_is_remeasured_at_doubling_steps_within_a_call(reg, probes):
+    """A scale held over a whole call drifts as BN's gradient shrinks (DeepInversion: a 0.5
+    share at step 0 was 4-24x BN's from step 10, benchmarks.stars_share_drift); under the
+    default "doubling" rescale the term is 0.5 of BN at inner steps 0, 1, 2, 4, 8."""
+    t, s = tiny_pair()
+    syn = SYNTHESIZERS.get("deepinversion")(
+        SynthesisSetup(t, s, TINY_SPEC, RegularizerSet([reg()]), grad_probe_every=0),
+        dict(batch_size=6, iterations=10, lr=0.5))
+    ratio = {}
+
+    def see(terms, step):
+        wrt = syn.optimized_tensors()
+        ratio[step] = _norm(terms["share/x"], wrt) / _norm(terms["bn"], wrt)
+
+    synthesize_spying(syn, see)
+    assert {i for i in range(10) if syn.probing(i)} == probes
+    for i in probes:
+        assert ratio[i] == pytest.approx(0.5, rel=1e-4)
+    assert any(abs(ratio[i] - 0.5) > 1e-3 for i in range(10) if i not in probes)  # it does drift
 
 
 @pytest.mark.parametrize("name", list(SHARE_CFG))

@@ -272,12 +272,17 @@ class Synthesizer:
 
     # -- gradient shares -----------------------------------------------------------
     def probing(self, inner_step: int) -> bool:
-        """Whether this inner step measures per-term gradient norms (the first inner step of
-        every ``grad_probe_every``-th call; every call when a regularizer needs scales)."""
+        """Whether this inner step measures per-term gradient norms: the first inner step of
+        every ``grad_probe_every``-th call; when a regularizer weights by gradient share, the
+        first of every call and, under its ``share_rescale`` "doubling" (default), inner steps
+        1, 2, 4, 8, ... too, so its scales follow the reference term as it shrinks."""
+        if self.regularizers.grad_shares("synthesis"):
+            if inner_step == 0:
+                return True
+            doubling = self.regularizers.share_rescale("synthesis") == "doubling"
+            return doubling and inner_step & (inner_step - 1) == 0
         if inner_step != 0:
             return False
-        if self.regularizers.grad_shares("synthesis"):
-            return True
         every = self.setup.grad_probe_every
         return every > 0 and self.calls % every == 0
 
