@@ -64,7 +64,8 @@ class SynthesisResult:
     """images: pixel space [N, C, H, W] in [0, 1]; targets: [N] labels the images were
     made for; seconds: wall time of the call; losses: the named terms at the final (kept)
     step; timing: seconds spent in teacher_forward / student_forward / backward / other;
-    grad_norms: at the probed step, each term's gradient norm w.r.t. the images
+    grad_norms: at the call's last probed step (step 0; the last of 0, 1, 2, 4, ... under a
+    gradient-share regularizer), each term's gradient norm w.r.t. the images
     (``images/<term>``) and the optimized tensors (``params/<term>``), divided by the
     reference term's (empty when not probed)."""
 
