@@ -148,21 +148,24 @@ def _rename(state: dict[str, Tensor], report: ImportReport, rule) -> dict[str, T
     return out
 
 
-def _map_resnet(state: dict[str, Tensor], report: ImportReport) -> dict[str, Tensor]:
+def _stage_rule(prefixes: dict[str, str], block_re, block_parts: dict[str, str]):
+    """A rename rule: a key starting with a ``prefixes`` key gets that prefix replaced; a key
+    matching ``block_re`` (stage, block, part, leaf) goes to ``stages.<stage-1>.<block>.<part>``."""
     def rule(k: str) -> str | None:
-        if k.startswith("conv1."):
-            return "stem.0." + k[len("conv1."):]
-        if k.startswith("bn1."):
-            return "stem.1." + k[len("bn1."):]
-        if k.startswith(("linear.", "fc.")):
-            return "fc." + k.split(".", 1)[1]
-        m = _RE_RESNET.match(k)
+        for old, new in prefixes.items():
+            if k.startswith(old):
+                return new + k[len(old):]
+        m = block_re.match(k)
         if m:
             stage, block, part, leaf = m.groups()
-            return f"stages.{int(stage) - 1}.{block}.{_RESNET_BLOCK[part]}.{leaf}"
+            return f"stages.{int(stage) - 1}.{block}.{block_parts[part]}.{leaf}"
         return None
+    return rule
 
-    return _rename(state, report, rule)
+
+def _map_resnet(state: dict[str, Tensor], report: ImportReport) -> dict[str, Tensor]:
+    prefixes = {"conv1.": "stem.0.", "bn1.": "stem.1.", "linear.": "fc.", "fc.": "fc."}
+    return _rename(state, report, _stage_rule(prefixes, _RE_RESNET, _RESNET_BLOCK))
 
 
 def _map_wrn(state: dict[str, Tensor], report: ImportReport) -> dict[str, Tensor]:
@@ -173,21 +176,8 @@ def _map_wrn(state: dict[str, Tensor], report: ImportReport) -> dict[str, Tensor
             blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
     last = max(blocks) if blocks else 3
     n_last = len(blocks.get(last, ()))  # the final BN follows the last stage's blocks
-
-    def rule(k: str) -> str | None:
-        if k.startswith("conv1."):
-            return "stem." + k[len("conv1."):]
-        if k.startswith("bn1."):
-            return f"stages.{last - 1}.{n_last}." + k[len("bn1."):]
-        if k.startswith("fc."):
-            return k
-        m = _RE_WRN.match(k)
-        if m:
-            stage, block, part, leaf = m.groups()
-            return f"stages.{int(stage) - 1}.{block}.{_WRN_BLOCK[part]}.{leaf}"
-        return None
-
-    return _rename(state, report, rule)
+    prefixes = {"conv1.": "stem.", "bn1.": f"stages.{last - 1}.{n_last}.", "fc.": "fc."}
+    return _rename(state, report, _stage_rule(prefixes, _RE_WRN, _WRN_BLOCK))
 
 
 def adapt_state_dict(state: dict[str, Tensor], path: str = "<checkpoint>"
