@@ -545,13 +545,29 @@ def test_quick_preset_resolves_with_the_real_config(monkeypatch):
 @pytest.mark.slow
 @needs_real
 def test_shipped_presets_resolve_with_the_real_config(monkeypatch):
-    for name in ("quick", "standard", "paper", "evidence", "stars-ablation", "resnet18-gpu"):
+    for name in ("quick", "standard", "paper", "evidence", "evidence-field", "stars-ablation", "resnet18-gpu"):
         jobs = real_expand(load_preset(name))
         assert jobs and all(j.job_id == job_id_of(j.cfg) for j in jobs)
     bad = load_preset("quick")
     bad.data["distill"] = {"epochz": 1}
     with pytest.raises(UnknownNameError, match="Did you mean 'epochs'"):
         real_expand(bad)
+
+
+@needs_real
+def test_evidence_field_shares_evidence_references_and_kd_budget():
+    """evidence-field's table sits beside evidence's: its real / noise jobs are the same jobs
+    (same ids, so copied rows are reused) and every method gets evidence's KD steps and batch."""
+    ev = {j.label: j for j in real_expand(load_preset("evidence"))}
+    field = real_expand(load_preset("evidence-field"))
+    refs = [j for j in field if j.cfg["run"]["synthesizer"] in ("real", "noise")]
+    assert refs and all(j.label in ev and ev[j.label].job_id == j.job_id for j in refs)
+    kd = lambda c: c["distill"]["epochs"] * c["distill"]["kd_steps"]  # noqa: E731
+    want = kd(load_preset("evidence").data)
+    for j in field:
+        assert j.cfg["distill"]["batch_size"] == load_preset("evidence").data["distill"]["batch_size"], j.label
+        if j.cfg["run"]["synthesizer"] in ("dafl", "zskt", "dfad", "dfq"):  # no warm-up: every round trains
+            assert kd(j.cfg) == want, j.label
 
 
 def write_cifar10(root: Path, per_batch: int = 10, n_test: int = 20) -> None:
