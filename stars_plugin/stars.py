@@ -86,6 +86,11 @@ class RCAFields(WeightingFields):
         "pooled+stages" (mean of both).
     rca_phases: where RCA acts: ["synthesis"] (default), ["distill"] or both.
     rca_sign: in synthesis, "cooperative" (+L, default) or "adversarial" (-L).
+    rca_teacher_path: in synthesis, "detached" (default: the teacher's relations are the
+        target, the gradient reaches the images through the student only) | "live" (through
+        both networks, sessions 1-5: 95-96% of the image gradient then went through the
+        teacher, pulling its relations towards the student's near-uniform ones;
+        ``python -m benchmarks.rca_paths``). In distillation the teacher is always detached.
     """
 
     alpha: float = 0.5
@@ -94,6 +99,7 @@ class RCAFields(WeightingFields):
     rca_features: Literal["pooled", "stages", "pooled+stages"] = "pooled"
     rca_phases: list[Phase] = field(default_factory=lambda: ["synthesis"])
     rca_sign: Literal["cooperative", "adversarial"] = "cooperative"
+    rca_teacher_path: Literal["detached", "live"] = "detached"
 
     def _validate_rca(self, sec: str) -> None:
         cfgmod.nonneg(sec, alpha=self.alpha)
@@ -390,7 +396,8 @@ class STARS(Regularizer):
         if ph in self.rca_phases():
             s = self._student(ctx, "RCA")
             loss = rca_loss(ctx.teacher, s, relation=c.relation, temperature=c.temperature,
-                            features=c.rca_features, detach_teacher=distill)
+                            features=c.rca_features,
+                            detach_teacher=distill or c.rca_teacher_path == "detached")
             sign = -1.0 if (not distill and c.rca_sign == "adversarial") else 1.0
             out["rca"] = (sign * (1.0 if "rca" in shares else c.alpha)) * loss
         if ph in self.tar_phases():

@@ -589,6 +589,27 @@ def test_student_side_has_no_gradient_to_teacher_activations():
         assert gs is not None and float(gs.abs().sum()) > 0, gran
 
 
+def test_rca_in_synthesis_moves_the_student_relations_not_the_teacher_target():
+    """RCA's teacher relations are the target in synthesis (default rca_teacher_path =
+    "detached"): fed from separate leaves, nothing reaches the teacher's input while the
+    student's gets a gradient; "live" (the old behaviour) sends gradient through both."""
+    t, s, x = _realistic_pair(0, 8)
+    s.eval()
+    for p in s.parameters():
+        p.requires_grad_(False)
+    x_t, x_s = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ctx = _ctx("synthesis", t.forward_features(x_t), s.forward_features(x_s, record_spiking=True),
+               t, s, x_t)
+    for cfg in ({}, {"rca_sign": "adversarial"}):
+        loss = STARS({**cfg, "beta": 0.0}, name="stars").terms(ctx)["rca"]
+        gt, gs = torch.autograd.grad(loss, (x_t, x_s), retain_graph=True, allow_unused=True)
+        assert gt is None or float(gt.abs().sum()) == 0.0, cfg
+        assert gs is not None and float(gs.abs().sum()) > 0, cfg
+    live = STARS({"beta": 0.0, "rca_teacher_path": "live"}, name="stars").terms(ctx)["rca"]
+    gt, gs = torch.autograd.grad(live, (x_t, x_s), retain_graph=True)
+    assert float(gt.abs().sum()) > 0 and float(gs.abs().sum()) > 0
+
+
 @pytest.mark.parametrize("gran", ["stage", "sorted"])
 def test_student_side_ignores_teacher_channel_order(gran):
     """Item 5: permuting the teacher's channels (activations and BN parameters together)
