@@ -572,9 +572,9 @@ def test_stages_compared_at_corresponding_points():
     assert stage_batchnorm(tr.stages[1]) is tr.stages[1][1].body[4]  # pre-add BN
 
 
-def test_student_side_has_no_gradient_to_teacher_activations():
-    """Item 4: the student side's target (the teacher's tail mass) is detached: with the
-    teacher and the student fed from separate leaves, nothing reaches the teacher's."""
+def _separate_leaves_ctx():
+    """A synthesis context whose teacher and student are fed from two separate leaves
+    (x_t, x_s) holding the same images: a gradient on x_t went through the teacher only."""
     t, s, x = _realistic_pair(0, 8)
     s.eval()
     for p in s.parameters():
@@ -582,6 +582,13 @@ def test_student_side_has_no_gradient_to_teacher_activations():
     x_t, x_s = x.clone().requires_grad_(), x.clone().requires_grad_()
     ctx = _ctx("synthesis", t.forward_features(x_t), s.forward_features(x_s, record_spiking=True),
                t, s, x_t)
+    return ctx, x_t, x_s
+
+
+def test_student_side_has_no_gradient_to_teacher_activations():
+    """Item 4: the student side's target (the teacher's tail mass) is detached: with the
+    teacher and the student fed from separate leaves, nothing reaches the teacher's."""
+    ctx, x_t, x_s = _separate_leaves_ctx()
     for gran in ("stage", "sorted"):
         loss = TAROnly({"tar_teacher_side": False, "granularity": gran}, name="tar").terms(ctx)["tar"]
         gt, gs = torch.autograd.grad(loss, (x_t, x_s), retain_graph=True, allow_unused=True)
@@ -593,13 +600,7 @@ def test_rca_in_synthesis_moves_the_student_relations_not_the_teacher_target():
     """RCA's teacher relations are the target in synthesis (default rca_teacher_path =
     "detached"): fed from separate leaves, nothing reaches the teacher's input while the
     student's gets a gradient; "live" (the old behaviour) sends gradient through both."""
-    t, s, x = _realistic_pair(0, 8)
-    s.eval()
-    for p in s.parameters():
-        p.requires_grad_(False)
-    x_t, x_s = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ctx = _ctx("synthesis", t.forward_features(x_t), s.forward_features(x_s, record_spiking=True),
-               t, s, x_t)
+    ctx, x_t, x_s = _separate_leaves_ctx()
     for cfg in ({}, {"rca_sign": "adversarial"}):
         loss = STARS({**cfg, "beta": 0.0}, name="stars").terms(ctx)["rca"]
         gt, gs = torch.autograd.grad(loss, (x_t, x_s), retain_graph=True, allow_unused=True)
