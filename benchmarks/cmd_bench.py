@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 
 
 def shipped_presets() -> list[str]:
@@ -45,10 +46,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-report", action="store_true", help="do not rebuild the leaderboard and plots")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Wraps option help at spaces only, so names such as ``evidence-field`` stay whole."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="run a benchmark preset into a resumable table of rows",
                        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=_HelpFormatter)
     add_arguments(p)
     p.set_defaults(func=run)
 
