@@ -12,10 +12,13 @@ Feature sets:
 
 Phases and signs (chosen by the caller, :class:`stars_plugin.stars.STARS`):
 
-- synthesis: an extra term on the images / generator; gradients flow to the images
-  through both networks (the synthesizer freezes the student's parameters but does not
-  detach its output). ``cooperative`` (+L) makes batches on which the student's
-  relations agree with the teacher's; ``adversarial`` (-L) batches on which they disagree.
+- synthesis: an extra term on the images / generator. The teacher's relations are the
+  target (``detach_teacher``, set by STARS' ``rca_teacher_path = "detached"``, default), so
+  the gradient reaches the images through the student (the synthesizer freezes the
+  student's parameters but does not detach its output); ``"live"`` lets it flow through
+  both networks, where 95-96% of it went through the teacher (benchmarks.rca_paths).
+  ``cooperative`` (+L) makes batches on which the student's relations agree with the
+  teacher's; ``adversarial`` (-L) batches on which they disagree.
 - distillation: a relational KD term on the student (the SP / RKD family); the teacher's
   features are detached.
 """
