@@ -25,11 +25,10 @@ import torch
 from torch import Tensor
 
 from baselines.hooks import RegularizerSet
-from baselines.registry import STUDENTS, SYNTHESIZERS, TEACHERS
+from baselines.registry import SYNTHESIZERS
 from baselines.synthesizers.base import SynthesisSetup
 
-from .data.fashion_mnist import spec as fashion_spec
-from .preset import load_preset
+from .evidence_pair import evidence_preset, evidence_spec, evidence_student, evidence_teacher
 
 
 def cosine_matrix(f: Tensor) -> Tensor:
@@ -79,14 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
-    preset = load_preset("evidence")
-    spec = fashion_spec(pad=0)
-    teacher = TEACHERS.get("smallcnn")(spec.channels, spec.num_classes, spec.image_size)
-    teacher.load_state_dict(torch.load(args.teacher_ckpt, map_location="cpu"))
-    teacher.eval()
-    student = STUDENTS.get("spiking_smallcnn")(in_channels=spec.channels, num_classes=spec.num_classes,
-                                               image_size=spec.image_size, T=int(preset.bench["T"]),
-                                               **preset.data["run"].get("student_args", {}))
+    preset = evidence_preset()
+    spec = evidence_spec()
+    teacher = evidence_teacher(args.teacher_ckpt, spec)
+    student = evidence_student(preset, spec)
     budget = dict(preset.data["budget"]["deepinversion"]["deepinversion"])
     if args.iterations:
         budget["iterations"] = args.iterations

@@ -20,11 +20,10 @@ from typing import Any
 import torch
 
 from baselines.hooks import RegularizerSet
-from baselines.registry import REGULARIZERS, STUDENTS, SYNTHESIZERS, TEACHERS
+from baselines.registry import REGULARIZERS, SYNTHESIZERS
 from baselines.synthesizers.base import SynthesisSetup, _grad_norms
 
-from .data.fashion_mnist import spec as fashion_spec
-from .preset import load_preset
+from .evidence_pair import evidence_preset, evidence_spec, evidence_student, evidence_teacher
 
 
 def drift(name: str, teacher, student, spec, budget: dict[str, Any], stars: dict[str, Any],
@@ -61,20 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    preset = load_preset("evidence")
-    run = preset.data["run"]
-    spec = fashion_spec(pad=0)
-    teacher = TEACHERS.get("smallcnn")(spec.channels, spec.num_classes, spec.image_size)
-    teacher.load_state_dict(torch.load(args.teacher_ckpt, map_location="cpu"))
-    teacher.eval()
+    preset = evidence_preset()
+    spec = evidence_spec()
+    teacher = evidence_teacher(args.teacher_ckpt, spec)
     stars = {"alpha": args.alpha, "beta": args.beta, "rescale": args.rescale}
     print(f"STARS grad-share alpha {args.alpha} / beta {args.beta}, rescale {args.rescale}: each weighted term's gradient norm "
           "(w.r.t. the optimized tensors) / the BN term's, within one synthesize() call")
     for name in args.synthesizers:
         torch.manual_seed(args.seed)
-        student = STUDENTS.get("spiking_smallcnn")(in_channels=spec.channels, num_classes=spec.num_classes,
-                                                   image_size=spec.image_size, T=int(preset.bench["T"]),
-                                                   **run.get("student_args", {}))
+        student = evidence_student(preset, spec)
         budget = preset.data["budget"][name][name]
         for step, shares in drift(name, teacher, student, spec, budget, stars, args.every):
             cells = "  ".join(f"{k} {v:.3g}" for k, v in sorted(shares.items()) if k != "bn")
