@@ -157,3 +157,20 @@ def test_a_preset_without_a_treatment_benches_but_does_not_tune(tmp_path):
     with pytest.raises(ConfigError, match="treatment"):
         tune.make_plan(tune.TuneSpec(preset=str(p), synthesizer="deepinversion", trials=1,
                                      out=str(tmp_path / "o")))
+
+
+def test_evidence_tunes_grad_shares_on_a_log_scale_around_the_defaults(tmp_path):
+    """The evidence preset's [tune] must reach the shares the single-seed runs favoured
+    (0.1 / 0.05) and the defaults (0.5 / 0.3), log-scaled, and must not move any bench job id
+    (a [tune] table is not part of a job's config)."""
+    plan = tune.make_plan(tune.TuneSpec(preset="evidence", synthesizer="cmi", trials=1, out=str(tmp_path / "t"),
+                                        resolver="benchmarks.job:resolve_config", objective="agreement"))
+    space = {p.key: p for p in plan.space.params}
+    for key, favoured, default in (("alpha", 0.1, 0.5), ("beta", 0.05, 0.3)):
+        p = space[key]
+        assert p.log and p.low < favoured and p.high > default, (key, p)
+    p = load_preset("evidence")
+    with_tune = {j.label: j.job_id for j in expand(p, resolve=lambda u: u)}
+    p.data.pop("tune")
+    without = {j.label: j.job_id for j in expand(p, resolve=lambda u: u)}
+    assert with_tune == without
