@@ -1,8 +1,9 @@
 """STARS regularizer hooks: RCA + TAR around any synthesizer (arXiv 2605.27409).
 
 Registered (``stars_dfkd.regularizers``) as ``stars`` (:class:`STARS`, both terms),
-``rca`` (:class:`RCAOnly`) and ``tar`` (:class:`TAROnly`); config sections of the same
-names.
+``rca`` (:class:`RCAOnly`), ``tar`` (:class:`TAROnly`) and ``stars-seedtar``
+(:class:`STARSSeedTAR`: both terms with the seed's literal TAR, the fifth cell of the
+ablation); config sections of the same names.
 
 Weighting (``weighting``):
 - ``"raw"``: ``terms(ctx)`` returns ``{"rca": alpha * L_RCA,
@@ -205,6 +206,14 @@ class STARSConfig(RCAFields, TARFields):
     def validate(self) -> None:
         self._validate_rca(self._section)
         self._validate_tar(self._section)
+
+
+@dataclass
+class STARSSeedTARConfig(STARSConfig):
+    """[stars-seedtar]: both terms, TAR in the seed's literal form by default."""
+
+    _section = "stars-seedtar"
+    tar_variant: Literal["aligned", "seed"] = "seed"
 
 
 @dataclass
@@ -491,3 +500,12 @@ class TAROnly(STARS):
     name = "tar"
     Config = TARConfig
     has_rca = False
+
+
+class STARSSeedTAR(STARS):
+    """STARS with the seed's literal TAR (-log mean sigmoid on logits, ``tar.seed_tar``) next
+    to the aligned RCA: ``stars`` with ``tar_variant = "seed"`` under its own name (section
+    [stars-seedtar]), so that an ablation preset can bench both forms side by side."""
+
+    name = "stars-seedtar"
+    Config = STARSSeedTARConfig

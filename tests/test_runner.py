@@ -570,6 +570,29 @@ def test_evidence_field_shares_evidence_references_and_kd_budget():
             assert kd(j.cfg) == want, j.label
 
 
+@needs_real
+def test_stars_ablation_reuses_evidence_rows_and_its_seedtar_cell_differs_only_in_tar():
+    """stars-ablation's none / stars / reference jobs are evidence's (same ids: copied rows are
+    reused), and its fifth set, stars-seedtar, resolves to the stars job's config with the
+    seed's literal TAR and nothing else changed."""
+    ev = {j.label: j for j in real_expand(load_preset("evidence"))}
+    ab = {j.label: j for j in real_expand(load_preset("stars-ablation"))}
+    shared = [lbl for lbl in ab if lbl in ev]
+    assert len(shared) == len(ev) and all(ab[lbl].job_id == ev[lbl].job_id for lbl in shared)
+    sets = {tuple(j.cfg["run"]["regularizers"]) for j in ab.values()}
+    assert sets == {(), ("stars",), ("rca",), ("tar",), ("stars-seedtar",)}
+    for lbl, j in ab.items():
+        if "+stars-seedtar/" not in lbl:
+            continue
+        stars = ab[lbl.replace("+stars-seedtar/", "+stars/")].cfg
+        assert j.cfg["stars-seedtar"] == {**stars["stars"], "tar_variant": "seed"}, lbl
+        assert stars["stars"]["tar_variant"] == "aligned"
+        rest = lambda c: {k: v for k, v in c.items() if k not in ("stars", "stars-seedtar", "run")}  # noqa: E731
+        assert rest(j.cfg) == rest(stars), lbl
+        run = lambda c: {k: v for k, v in c["run"].items() if k != "regularizers"}  # noqa: E731
+        assert run(j.cfg) == run(stars), lbl
+
+
 def write_cifar10(root: Path, per_batch: int = 10, n_test: int = 20) -> None:
     """Tiny files in torchvision's CIFAR-10 layout (random pixels, labels 0..9)."""
     d = root / "cifar-10-batches-py"

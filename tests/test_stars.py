@@ -10,7 +10,7 @@ from baselines.hooks import RegularizerSet, StepContext
 from baselines.models import ModelOutput, SpikingLayerState
 from baselines.registry import REGULARIZERS
 from stars_plugin.relations import RELATIONS, off_diagonal, relation_loss, relation_matrix
-from stars_plugin.stars import STARS, RCAOnly, TAROnly
+from stars_plugin.stars import STARS, RCAOnly, STARSSeedTAR, TAROnly
 from stars_plugin.tar import seed_tar
 from stars_plugin.thresholds import (TeacherThresholds, bn_thresholds, normal_quantile,
                                      quantile_kth, stage_batchnorm)
@@ -392,6 +392,25 @@ def test_registry_entry_points():
     assert REGULARIZERS.get("tar") is TAROnly
     reg = REGULARIZERS.get("rca")({"alpha": 0.4}, name="rca")
     assert reg.name == "rca" and reg.cfg.alpha == 0.4 and not hasattr(reg.cfg, "beta")
+    assert REGULARIZERS.get("stars-seedtar") is STARSSeedTAR
+
+
+def test_stars_seedtar_is_stars_with_the_seed_tar_under_its_own_name():
+    """The ablation's fifth cell: the same terms as ``stars`` with tar_variant = "seed", both
+    raw and grad-share, and a different TAR from the aligned default (else the cell would
+    repeat ``stars``)."""
+    ctx, x = _synthesis_ctx()
+    for weighting in ("raw", "grad-share"):
+        seedtar = STARSSeedTAR({"weighting": weighting}, name="stars-seedtar")
+        assert seedtar.cfg.tar_variant == "seed" and seedtar.grad_shares("synthesis") == STARS(
+            {"weighting": weighting}, name="stars").grad_shares("synthesis")
+        a = seedtar.terms(ctx)
+        b = STARS({"weighting": weighting, "tar_variant": "seed"}, name="stars").terms(ctx)
+        assert set(a) == set(b) == {"rca", "tar"}
+        for k in a:
+            assert torch.equal(a[k], b[k]), (weighting, k)
+    aligned = STARS({}, name="stars").terms(ctx)["tar"]
+    assert not torch.allclose(aligned, STARSSeedTAR({}, name="stars-seedtar").terms(ctx)["tar"])
 
 
 # ----------------------------------------------------------------------------- diagnostics & state
