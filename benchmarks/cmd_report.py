@@ -22,6 +22,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {paths['leaderboard']}, {paths['csv']}"
           + (f", {paths['parquet']}" if "parquet" in paths else " (no parquet: pyarrow not installed)")
           + (f", {len(paths.get('plots', {}))} plot(s) in {args.dir}/plots" if not args.no_plots else ""))
+    if paths.get("mixed"):
+        print(f"warning: {len(paths['mixed'])} row(s) share a cell and a seed with a different config and are "
+              f"averaged together: {', '.join(paths['mixed'])}; see the leaderboard's warning.", file=sys.stderr)
     bad = paths.get("corrupt") or []
     if bad:
         print(f"error: {len(bad)} row file(s) are corrupt (truncated or not JSON) and were left out of the report: "

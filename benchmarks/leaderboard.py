@@ -77,17 +77,6 @@ def published(dataset: str, teacher: str, student: str, synthesizer: str) -> lis
             if ds == dataset and t == teacher and s == ann and syn == synthesizer]
 
 
-def _by_seed(g: pd.DataFrame) -> dict[Any, float]:
-    out = {}
-    for seed, acc in zip(g["seed"], g["student_acc"]):
-        out.setdefault(seed, acc)
-    return out
-
-
-def _mean(values: Iterable[Any]) -> float:
-    return mean_std(values)[0]
-
-
 def teacher_cell(gp: pd.DataFrame) -> str:
     """Teacher accuracy over the distinct teachers of the rows (one value per teacher key)."""
     t = gp[gp["teacher_acc"].notna()].drop_duplicates("teacher_key")["teacher_acc"]
@@ -223,6 +212,19 @@ def flagged_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"job": f["label"], "id": f["job_id"], "flags": [str(x)[:300] for x in f["flags"]]})
 
 
+def mixed_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """Finished rows that share a cell and a seed (pair, synthesizer, regularizer set, seed)
+    but not a job id: runs of different configs (e.g. ``--set stars.alpha=0.1`` next to the
+    default) that the tables would average as if they were seeds of one config."""
+    ok = df[df["status"] == "ok"]
+    keys = ["dataset", "pair", "synthesizer", "regularizers", "seed"]
+    if not len(ok) or any(k not in ok for k in keys + ["job_id"]):
+        return pd.DataFrame()
+    n = ok.groupby(keys, dropna=False)["job_id"].transform("nunique")
+    m = ok[n > 1].sort_values(keys + ["job_id"])
+    return pd.DataFrame({"job": m["label"], "id": m["job_id"], "accuracy": m["student_acc"].round(2)})
+
+
 def leaderboard_markdown(df: pd.DataFrame, title: str = "Leaderboard",
                          plots: dict[str, str] | None = None, notes: Iterable[str] = ()) -> str:
     ok = df[df["status"] == "ok"]
@@ -233,6 +235,12 @@ def leaderboard_markdown(df: pd.DataFrame, title: str = "Leaderboard",
            f"Difference = with {treat} − without, with a 95% t-interval on the per-seed paired differences "
            f"(Welch when no seed pairs up; n<2: no CI). Columns `w/o / w/` give the value without / with {treat}. "
            "SOPs = synaptic operations.", ""]
+    mixed = mixed_cells(df)
+    if len(mixed):
+        out += ["**Warning: mixed configs.** These rows share a cell and a seed but are different jobs "
+                "(another config, e.g. a `--set` run copied into this directory); the tables below average "
+                "them as one cell. Move the rows of the other config to their own output directory.", "",
+                md_table(mixed), ""]
     for ds in sorted(set(df["dataset"].dropna())):
         out += [f"## {ds}", ""]
         t = summary_table(ok, ds, treat)
@@ -316,6 +324,7 @@ def write_report(out: str | Path, plots: bool = True) -> dict[str, Any]:
                  "JSON) and are not in the tables above; re-running the same `dfkd bench` command recomputes "
                  "their jobs:\n\n" + "".join(f"- `{p.relative_to(out)}`\n" for p in corrupt))
     (out / "leaderboard.md").write_text(text)
+    paths["mixed"] = list(mixed_cells(df)["job"]) if len(df) else []
     paths["leaderboard"] = out / "leaderboard.md"
     paths["corrupt"] = corrupt
     return paths

@@ -232,3 +232,24 @@ def test_cost_table_gives_shares_of_the_timed_synthesis_seconds():
     assert t.loc["stars", "regularizer terms"] == "50%" and t.loc["stars", "device"] == "cpu"
     assert t.loc["none", "synth s/image"] == "0.400"
     assert "synthesis cost" in lb.leaderboard_markdown(df)
+
+
+def test_rows_of_another_config_in_a_cell_are_named_not_silently_averaged(tmp_path, capsys):
+    """A `--set` run (another job id) copied into a directory lands in the same cell and seed
+    as the default run; the report must say so (warning section + stderr), and must stay
+    quiet when every cell x seed holds one job."""
+    from benchmarks import cmd_report
+
+    write_rows(tmp_path, synthetic_rows())
+    assert cmd_report.main([str(tmp_path), "--no-plots"]) == 0
+    assert "mixed configs" not in (tmp_path / "leaderboard.md").read_text()
+    assert "warning" not in capsys.readouterr().err
+    other = row("deepinversion", ["stars"], 1, 60.0)
+    other["job_id"] = config_hash({"l": other["job_label"], "stars.alpha": 0.1})
+    write_rows(tmp_path, [other])
+    assert cmd_report.main([str(tmp_path), "--no-plots"]) == 0
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "mixed configs" in md and other["job_id"] in md
+    mixed = lb.mixed_cells(lb.frame(synthetic_rows() + [other]))
+    assert len(mixed) == 2 and set(mixed["job"]) == {other["job_label"]}
+    assert "share a cell and a seed" in capsys.readouterr().err
