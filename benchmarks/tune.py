@@ -5,7 +5,9 @@ The preset is read by :func:`benchmarks.preset.load_preset` and layered by
 :func:`benchmarks.preset.user_config`, exactly as ``dfkd bench`` does: a preset valid for
 one is valid for the other. The trials run the preset's ``[bench].treatment`` set; the
 search space (``tune_space``) defaults to the published ranges of that regularizer
-(:data:`benchmarks.tune_space.DEFAULT_SPACES`) and is changed by the preset's ``[tune]``.
+(:data:`benchmarks.tune_space.DEFAULT_SPACES`: loss weights) or, when it runs with
+``weighting = "grad-share"`` (STARS' default), to log ranges of gradient shares
+(:data:`benchmarks.tune_space.SHARE_SPACES`), and is changed by the preset's ``[tune]``.
 
 The objective is never the test set:
 
@@ -41,8 +43,10 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
+from baselines import config as cfgmod
 from baselines.config import apply_sets
 from baselines.errors import ConfigError, DFKDError, UnknownNameError
+from baselines.registry import REGULARIZERS
 
 from .executors import cpu_count, pin_threads as _pin_threads, threads_per_worker  # noqa: F401 - cpu_count re-exported
 from .preset import PRESET_DIR, load_preset, parse_pair, split_sets, user_config  # noqa: F401
@@ -51,7 +55,7 @@ from .trial_retry import (WORKER_KEY, Heartbeat, counts as _counts, give_back as
                           is_surplus as _is_surplus, log as _log, pid_alive, requeue, stale_reason,
                           sweep_stale_trials, frozen, _owner, _proc_start)
 from .tune_report import finalize, make_plots, measure_test_of_best  # noqa: F401
-from .tune_space import DEFAULT_SPACES, SearchSpace, apply_params, write_best_params  # noqa: F401
+from .tune_space import DEFAULT_SPACES, SHARE_SPACES, SearchSpace, apply_params, write_best_params  # noqa: F401
 from .tune_storage import driver_url, mask_url, open_storage, open_study  # noqa: F401
 
 OBJECTIVES = {"val-acc": "val_acc", "agreement": "agreement"}
@@ -178,6 +182,15 @@ class TunePlan:
         return run_job(cfg, out_dir=None, on_eval=on_eval)
 
 
+def _weighting(home: str, section: dict[str, Any] | None) -> str | None:
+    """The tuned regularizer's resolved ``weighting`` (its Config's default when the preset
+    leaves it unset), or None for a regularizer without one."""
+    if home not in REGULARIZERS:
+        return None
+    cfg = cfgmod.build(REGULARIZERS.get(home).Config, dict(section or {}), home)
+    return getattr(cfg, "weighting", None)
+
+
 def make_plan(spec: TuneSpec) -> TunePlan:
     """Read the preset (the bench loader), build the base config and the space, validate all
     of it (no compute)."""
@@ -210,7 +223,6 @@ def make_plan(spec: TuneSpec) -> TunePlan:
             settings[k] = v
         else:
             space_over[k] = v
-    space = SearchSpace.from_overrides(space_over, home)
     objective = spec.objective or settings["objective"] or "val-acc"
     if objective not in OBJECTIVES:
         raise UnknownNameError("objective", str(objective), list(OBJECTIVES))
@@ -223,6 +235,7 @@ def make_plan(spec: TuneSpec) -> TunePlan:
     if unused:
         raise ConfigError(f"--set {unused[0]!r} matches no section of the tuned job (sections: run, "
                           f"distill, {spec.synthesizer}, {', '.join(treatment)}).")
+    space = SearchSpace.from_overrides(space_over, home, _weighting(home, base.get(home)))
     base.setdefault("distill", {})
     if objective == "val-acc":
         base["run"]["val_size"] = int(settings["val_size"] or base["run"].get("val_size")

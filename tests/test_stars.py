@@ -386,6 +386,25 @@ def test_phases_and_requests():
     assert off.active_phases() == ("distill",) and not off.needs_spiking("distill")
 
 
+def test_unset_weights_take_the_weightings_default_and_are_recorded():
+    """grad-share: the measured shares 0.1 / 0.05; raw: the seed's 0.5 / 0.3 (in range, no
+    warning); an explicit value always wins; the resolved config holds the number used."""
+    from baselines import config as cfgmod
+
+    for cls, keys in ((STARS, ("alpha", "beta")), (RCAOnly, ("alpha",)), (TAROnly, ("beta",)),
+                      (STARSSeedTAR, ("alpha", "beta"))):
+        share = cls({}, name="x").cfg
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            raw = cls({"weighting": "raw"}, name="x").cfg
+        for k in keys:
+            assert getattr(share, k) == {"alpha": 0.1, "beta": 0.05}[k], (cls, k)
+            assert getattr(raw, k) == {"alpha": 0.5, "beta": 0.3}[k], (cls, k)
+            assert cfgmod.to_dict(share)[k] == getattr(share, k)
+    c = STARS({"alpha": 0.4, "weighting": "raw"}, name="stars").cfg
+    assert (c.alpha, c.beta) == (0.4, 0.3)
+
+
 def test_registry_entry_points():
     assert REGULARIZERS.get("stars") is STARS
     assert REGULARIZERS.get("rca") is RCAOnly
@@ -704,8 +723,8 @@ def test_grad_share_weighting_declares_shares_and_returns_raw_terms():
     assert float(b["rca"]) == pytest.approx(float(a["rca"]) / 0.5, rel=1e-5) and float(b["rca"]) < 0
     assert float(b["tar"]) == pytest.approx(float(a["tar"]) / 0.3, rel=1e-4)
     d = STARS({"weighting": "grad-share", "rca_phases": ["distill"], "beta": 0.0}, name="stars")
-    assert d.grad_shares("distill") == {"rca": 0.5} and d.grad_shares("synthesis") == {}
-    assert TAROnly({"weighting": "grad-share"}, name="tar").grad_shares("synthesis") == {"tar": 0.3}
+    assert d.grad_shares("distill") == {"rca": 0.1} and d.grad_shares("synthesis") == {}
+    assert TAROnly({"weighting": "grad-share"}, name="tar").grad_shares("synthesis") == {"tar": 0.05}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # shares have no recommended range
         STARS({"weighting": "grad-share", "alpha": 2.0, "beta": 0.05}, name="stars")

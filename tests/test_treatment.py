@@ -160,17 +160,12 @@ def test_a_preset_without_a_treatment_benches_but_does_not_tune(tmp_path):
 
 
 def test_evidence_tunes_grad_shares_on_a_log_scale_around_the_defaults(tmp_path):
-    """The evidence preset's [tune] must reach the shares the single-seed runs favoured
-    (0.1 / 0.05) and the defaults (0.5 / 0.3), log-scaled, and must not move any bench job id
-    (a [tune] table is not part of a job's config)."""
+    """The evidence preset runs STARS under grad-share, so `dfkd tune --preset evidence` must
+    search shares log-scaled and span both levels the seed-0 sweep measured (0.1 / 0.05, the
+    default, and 0.5 / 0.3), not the published loss-weight ranges [0.3, 0.7] / [0.2, 0.5]."""
     plan = tune.make_plan(tune.TuneSpec(preset="evidence", synthesizer="cmi", trials=1, out=str(tmp_path / "t"),
                                         resolver="benchmarks.job:resolve_config", objective="agreement"))
     space = {p.key: p for p in plan.space.params}
-    for key, favoured, default in (("alpha", 0.1, 0.5), ("beta", 0.05, 0.3)):
+    for key, low, high in (("alpha", 0.1, 0.5), ("beta", 0.05, 0.3)):  # the seed-0 sweep's two levels
         p = space[key]
-        assert p.log and p.low < favoured and p.high > default, (key, p)
-    p = load_preset("evidence")
-    with_tune = {j.label: j.job_id for j in expand(p, resolve=lambda u: u)}
-    p.data.pop("tune")
-    without = {j.label: j.job_id for j in expand(p, resolve=lambda u: u)}
-    assert with_tune == without
+        assert p.log and p.low < low and p.high > high, (key, p)

@@ -95,6 +95,7 @@ distill = {kd_steps = 2}
 
 [params.stars]
 kappa = 0.2
+weighting = "raw"  # score() is shaped on the published loss-weight ranges, which raw searches
 
 [overrides.toy]
 distill = {lr = 0.05}
@@ -141,7 +142,7 @@ def test_plan_takes_pair_budget_and_objective_from_the_preset(tmp_path, fakes):
     assert run["regularizers"] == ["stars"] and run["seed"] == 3 and run["val_size"] == 100
     assert p.base["deepinversion"] == {"iterations": 5} and p.base["distill"]["kd_steps"] == 2
     assert p.base["distill"]["lr"] == 0.05 and run["T"] == 2  # [overrides.toy], [bench] T
-    assert p.metric == "val_acc" and p.base["stars"] == {"kappa": 0.2}  # [params.stars]
+    assert p.metric == "val_acc" and p.base["stars"] == {"kappa": 0.2, "weighting": "raw"}  # [params.stars]
     assert p.space.to_json()["q"] == {"type": "float", "low": 0.9, "high": 0.98, "log": False}
 
     p2 = tune.make_plan(spec(write_preset(tmp_path), tmp_path / "o", pair="resnet18:spiking_resnet18",
@@ -161,8 +162,8 @@ def test_space_overrides_add_keys_and_params_land_in_stars(tmp_path, fakes):
     assert sp["alpha"]["low"] == 0.1 and sp["tar_variant"]["choices"] == ["aligned", "seed"]
     assert p.base["run"]["val_size"] == 50
     cfg = tune.apply_params(p.base, {"alpha": 0.2, "tar_variant": "seed", "distill.lr": 0.01})
-    assert cfg["stars"] == {"kappa": 0.2, "alpha": 0.2, "tar_variant": "seed"}
-    assert cfg["distill"]["lr"] == 0.01 and p.base["stars"] == {"kappa": 0.2}
+    assert cfg["stars"] == {"kappa": 0.2, "weighting": "raw", "alpha": 0.2, "tar_variant": "seed"}
+    assert cfg["distill"]["lr"] == 0.01 and p.base["stars"] == {"kappa": 0.2, "weighting": "raw"}
 
 
 def test_list_choices_and_dotted_keys_reach_the_config(tmp_path, fakes):
@@ -241,7 +242,7 @@ def test_run_writes_best_params_measures_test_once_and_resumes(tmp_path, fakes):
     assert s["best_value"] == best.value == score(best.params)
     assert [c["on_eval"] for c in fakes].count(False) == 1  # one test re-run, of the best
     assert s["test_acc_of_best"] == pytest.approx(1.0 - best.value)
-    assert fakes[-1]["stars"] == {"kappa": 0.2, **best.params}
+    assert fakes[-1]["stars"] == {"kappa": 0.2, "weighting": "raw", **best.params}
     # intermediate reports are the val_acc curve (pruning acts on it)
     curve = {e: pytest.approx(best.value * (e + 1) / 3) for e in range(3)}
     assert best.intermediate_values == curve
@@ -483,3 +484,27 @@ def test_end_to_end_with_the_real_job(tmp_path):
     row = json.loads((out / "trials" / "trial_0000.json").read_text())
     assert row["row"]["status"] == "ok" and row["intermediate"]  # val_acc reported per epoch
     assert tomllib.loads((out / "best_params.toml").read_text())["stars"] == s["best_params"]
+
+
+def test_default_space_follows_the_tuned_regularizers_weighting(tmp_path):
+    """STARS under grad-share (its default) searches shares on a log scale around the measured
+    default 0.1 / 0.05; a preset that sets weighting = "raw" searches the published loss-weight
+    ranges; a [tune] entry overrides either."""
+    plan = lambda text: tune.make_plan(tune.TuneSpec(  # noqa: E731
+        preset=write_preset_text(tmp_path, text), synthesizer="deepinversion", trials=1, out=str(tmp_path / "o"),
+        resolver="test_tune:fake_resolve", objective="agreement"))
+    space = {p.key: p for p in plan('weighting = "grad-share"').space.params}
+    assert space["alpha"].log and space["alpha"].low < 0.1 < 0.5 < space["alpha"].high
+    assert space["beta"].log and space["beta"].low < 0.05 < 0.3 < space["beta"].high
+    raw = {p.key: p for p in plan("").space.params}
+    assert (raw["alpha"].low, raw["alpha"].high, raw["alpha"].log) == (0.3, 0.7, False)
+    assert (raw["beta"].low, raw["beta"].high) == (0.2, 0.5)
+    assert raw["q"].low == space["q"].low == 0.90
+
+
+def write_preset_text(tmp_path: Path, stars_extra: str) -> str:
+    path = tmp_path / "w.toml"
+    text = PRESET if not stars_extra else PRESET.replace('weighting = "raw"', stars_extra)
+    path.write_text(text)
+    return str(path)
+
