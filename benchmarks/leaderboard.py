@@ -226,7 +226,8 @@ def mixed_cells(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def leaderboard_markdown(df: pd.DataFrame, title: str = "Leaderboard",
-                         plots: dict[str, str] | None = None, notes: Iterable[str] = ()) -> str:
+                         plots: dict[str, str] | None = None, notes: Iterable[str] = (),
+                         mixed: pd.DataFrame | None = None) -> str:
     ok = df[df["status"] == "ok"]
     treat = treatment_label(df) or "treatment"
     out = [f"# {title}", "",
@@ -235,7 +236,7 @@ def leaderboard_markdown(df: pd.DataFrame, title: str = "Leaderboard",
            f"Difference = with {treat} − without, with a 95% t-interval on the per-seed paired differences "
            f"(Welch when no seed pairs up; n<2: no CI). Columns `w/o / w/` give the value without / with {treat}. "
            "SOPs = synaptic operations.", ""]
-    mixed = mixed_cells(df)
+    mixed = mixed_cells(df) if mixed is None else mixed
     if len(mixed):
         out += ["**Warning: mixed configs.** These rows share a cell and a seed but are different jobs "
                 "(another config, e.g. a `--set` run copied into this directory); the tables below average "
@@ -318,13 +319,14 @@ def write_report(out: str | Path, plots: bool = True) -> dict[str, Any]:
     man = read_manifest(out) or {}
     name = man.get("preset", {}).get("name")
     title = f"Leaderboard: {name}" if name else "Leaderboard"
-    text = leaderboard_markdown(df, title, plot_paths, notes)
+    mixed = mixed_cells(df)
+    text = leaderboard_markdown(df, title, plot_paths, notes, mixed)
     if corrupt:
         text += (f"\n## Corrupt row files\n\n{len(corrupt)} row file(s) could not be read (truncated or not "
                  "JSON) and are not in the tables above; re-running the same `dfkd bench` command recomputes "
                  "their jobs:\n\n" + "".join(f"- `{p.relative_to(out)}`\n" for p in corrupt))
     (out / "leaderboard.md").write_text(text)
-    paths["mixed"] = list(mixed_cells(df)["job"]) if len(df) else []
+    paths["mixed"] = list(mixed["job"]) if len(mixed) else []
     paths["leaderboard"] = out / "leaderboard.md"
     paths["corrupt"] = corrupt
     return paths

@@ -55,7 +55,7 @@ from .trial_retry import (WORKER_KEY, Heartbeat, counts as _counts, give_back as
                           is_surplus as _is_surplus, log as _log, pid_alive, requeue, stale_reason,
                           sweep_stale_trials, frozen, _owner, _proc_start)
 from .tune_report import finalize, make_plots, measure_test_of_best  # noqa: F401
-from .tune_space import DEFAULT_SPACES, SHARE_SPACES, SearchSpace, apply_params, write_best_params  # noqa: F401
+from .tune_space import DEFAULT_SPACES, SearchSpace, apply_params, write_best_params  # noqa: F401
 from .tune_storage import driver_url, mask_url, open_storage, open_study  # noqa: F401
 
 OBJECTIVES = {"val-acc": "val_acc", "agreement": "agreement"}

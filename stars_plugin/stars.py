@@ -22,7 +22,7 @@ Weighting (``weighting``):
   Why the default: measured on the evidence pair (fashion-mnist-28, smallcnn -> spiking
   smallcnn, one synthesize() call each, ``results/stars_shares``), the raw terms' gradients
   at alpha 0.5 / beta 0.3 are 5e-5 / 6e-5 of BN's (DeepInversion), 8e-3 / 4e-4 (CMI) and
-  5e-4 / 3e-5 (Fast): raw STARS cannot move the images. With grad-share they are 0.5 / 0.3.
+  5e-4 / 3e-5 (Fast): raw STARS cannot move the images. With grad-share they are alpha / beta.
 
 Defaults (provisional; the ablations in results/ decide them):
 - alpha / beta depend on the weighting when left unset: gradient shares 0.1 / 0.05 under

@@ -487,24 +487,22 @@ def test_end_to_end_with_the_real_job(tmp_path):
 
 
 def test_default_space_follows_the_tuned_regularizers_weighting(tmp_path):
-    """STARS under grad-share (its default) searches shares on a log scale around the measured
-    default 0.1 / 0.05; a preset that sets weighting = "raw" searches the published loss-weight
-    ranges; a [tune] entry overrides either."""
-    plan = lambda text: tune.make_plan(tune.TuneSpec(  # noqa: E731
-        preset=write_preset_text(tmp_path, text), synthesizer="deepinversion", trials=1, out=str(tmp_path / "o"),
-        resolver="test_tune:fake_resolve", objective="agreement"))
-    space = {p.key: p for p in plan('weighting = "grad-share"').space.params}
-    assert space["alpha"].log and space["alpha"].low < 0.1 < 0.5 < space["alpha"].high
-    assert space["beta"].log and space["beta"].low < 0.05 < 0.3 < space["beta"].high
-    raw = {p.key: p for p in plan("").space.params}
+    """STARS with weighting unset (grad-share, its default) searches shares on a log scale
+    around the measured default 0.1 / 0.05; a preset that sets weighting = "raw" searches the
+    published loss-weight ranges."""
+    def space(weighting_line: str) -> dict:
+        path = tmp_path / "w.toml"
+        path.write_text(PRESET.replace('weighting = "raw"', weighting_line))
+        plan = tune.make_plan(tune.TuneSpec(preset=str(path), synthesizer="deepinversion", trials=1,
+                                            out=str(tmp_path / "o"), resolver="test_tune:fake_resolve",
+                                            objective="agreement"))
+        return {p.key: p for p in plan.space.params}
+
+    share = space("")
+    assert share["alpha"].log and share["alpha"].low < 0.1 < 0.5 < share["alpha"].high
+    assert share["beta"].log and share["beta"].low < 0.05 < 0.3 < share["beta"].high
+    raw = space('weighting = "raw"')
     assert (raw["alpha"].low, raw["alpha"].high, raw["alpha"].log) == (0.3, 0.7, False)
     assert (raw["beta"].low, raw["beta"].high) == (0.2, 0.5)
-    assert raw["q"].low == space["q"].low == 0.90
-
-
-def write_preset_text(tmp_path: Path, stars_extra: str) -> str:
-    path = tmp_path / "w.toml"
-    text = PRESET if not stars_extra else PRESET.replace('weighting = "raw"', stars_extra)
-    path.write_text(text)
-    return str(path)
+    assert raw["q"].low == share["q"].low == 0.90
 
