@@ -262,9 +262,11 @@ def leaderboard_markdown(df: pd.DataFrame, title: str = "Leaderboard",
         if len(shares):
             out += [f"### {ds}: gradient shares", "",
                     "Each term's gradient norm w.r.t. what synthesis optimizes (pixels, or generator + "
-                    "latent), relative to the BN-statistics term's, at the last probed inner step of the probed "
-                    "synthesize() calls (step 0; with a gradient-share regularizer the last of steps 0, 1, 2, "
-                    "4, 8, ...: the share actually held late in the call) (mean over batches and seeds).", "", md_table(shares), ""]
+                    "latent), relative to the BN-statistics term's, in the probed synthesize() calls: the "
+                    "synthesizer's own terms at the first inner step; a gradient-share regularizer's terms at the "
+                    "last of steps 0, 1, 2, 4, 8, ..., the share actually held late in the call (rows made before "
+                    "the re-measures were trimmed to those terms record the own terms there too) (mean over "
+                    "batches and seeds).", "", md_table(shares), ""]
         out += [f"### {ds}: settings", "", md_table(settings_table(df, ds)), ""]
     f = failed_table(df)
     out += ["## Failed runs", ""]

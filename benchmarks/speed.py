@@ -7,7 +7,7 @@ The issue's target for STARS is <= 1.15x.
 
     python -m benchmarks.speed [--synthesizers deepinversion cmi fast] [--batch-size 64]
         [--steps 5] [--repeats 5] [--teacher smallcnn --student spiking_smallcnn]
-        [--regularizer stars] [--reg-set key=value ...] [--device cpu]
+        [--regularizer stars] [--reg-set key=value ...] [--student-arg bn_weight=2.0] [--device cpu]
         [--image-size 32 --channels 1]
 """
 from __future__ import annotations
@@ -56,17 +56,21 @@ def measure(synth_name: str, teacher, student, spec: DataSpec, reg_name: str, ba
     wrapped = cls(SynthesisSetup(teacher, student, spec, regs, device), dict(cfg))
     bare.synthesize(), wrapped.synthesize()  # warm-up (allocations, first-call costs)
     t_bare, t_wrapped = [], []
+    parts: dict[str, dict[str, list[float]]] = {"bare": {}, "with": {}}
     for _ in range(repeats):
-        for inst, times in ((bare, t_bare), (wrapped, t_wrapped)):
+        for inst, times, tag in ((bare, t_bare, "bare"), (wrapped, t_wrapped, "with")):
             _sync(device)
             t0 = time.perf_counter()
-            inst.synthesize()
+            res = inst.synthesize()
             _sync(device)
             times.append(time.perf_counter() - t0)
+            for k, v in res.timing.items():
+                parts[tag].setdefault(k, []).append(v)
     mb, mw = statistics.median(t_bare), statistics.median(t_wrapped)
     return {"synthesizer": synth_name, "regularizer": reg_name, "bare_s_per_step": mb / steps,
             "with_s_per_step": mw / steps, "ratio": mw / mb, "repeats": repeats, "steps": steps,
-            "batch_size": batch_size, "regularizer_config": dict(reg_cfg or {})}
+            "batch_size": batch_size, "regularizer_config": dict(reg_cfg or {}),
+            "parts_s_per_call": {tag: {k: statistics.median(v) for k, v in p.items()} for tag, p in parts.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--regularizer", default="stars")
     ap.add_argument("--reg-set", action="append", default=[], metavar="KEY=VALUE",
                     help="regularizer config override, e.g. tar_positions=0 (repeatable)")
+    ap.add_argument("--student-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="student constructor argument, e.g. bn_weight=2.0 (the presets' student_args)")
     ap.add_argument("--teacher", default="smallcnn")
     ap.add_argument("--student", default="spiking_smallcnn")
     ap.add_argument("--batch-size", type=int, default=64)
@@ -88,12 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args(argv)
-    reg_cfg = {}
-    for item in args.reg_set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            ap.error(f"--reg-set {item!r}: expected KEY=VALUE, e.g. tar_positions=0")
-        reg_cfg[key.strip()] = parse_value(value.strip())
+    reg_cfg, student_args = {}, {}
+    for flag, items, out in (("--reg-set", args.reg_set, reg_cfg), ("--student-arg", args.student_arg, student_args)):
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep:
+                ap.error(f"{flag} {item!r}: expected KEY=VALUE, e.g. tar_positions=0 / bn_weight=2.0")
+            out[key.strip()] = parse_value(value.strip())
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -101,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = DataSpec("speed", args.channels, args.image_size, args.classes,
                     (0.5,) * args.channels, (0.25,) * args.channels)
     teacher = TEACHERS.get(args.teacher)(args.channels, args.classes, args.image_size).to(device).eval()
-    student = STUDENTS.get(args.student)(args.channels, args.classes, args.image_size, T=args.T).to(device)
+    student = STUDENTS.get(args.student)(args.channels, args.classes, args.image_size, T=args.T,
+                                         **student_args).to(device)
     rows = []
     print(f"{args.teacher} -> {args.student} (T={args.T}), batch {args.batch_size}, "
           f"{args.steps} inner steps per call, median of {args.repeats} interleaved calls, "
@@ -115,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(r)
         print(f"{name:<15}{r['bare_s_per_step']:>12.3f}{r['with_s_per_step']:>16.3f}{r['ratio']:>7.2f}x",
               flush=True)
+        for tag, p in r["parts_s_per_call"].items():  # where a call's time went (median s per call)
+            print(f"{'':<15}{tag + ':':<6}" + "  ".join(f"{k} {v:.2f}" for k, v in sorted(p.items())), flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)

@@ -626,3 +626,52 @@ def test_spiking_eval_runs_in_bounded_chunks_with_the_same_predictions(monkeypat
     assert sizes == [16, 16, 8]
     monkeypatch.setattr("baselines.models.EVAL_IMAGE_STEPS", 4 * 40)
     assert torch.equal(a, predict(s, x, fm_spec(), batch_size=500))
+
+
+def test_share_remeasures_backpropagate_only_the_reference_and_the_shared_terms(monkeypatch):
+    """After a call's first step the doubling re-measures exist to update the shared terms'
+    scales: one backward for BN and one per shared term, not one per term; the other terms'
+    recorded norms stay the first step's, and the scales equal those of a full probe."""
+    import baselines.synthesizers.base as B
+
+    def run(trim: bool):
+        t, s = tiny_pair()
+        syn = SYNTHESIZERS.get("cmi")(SynthesisSetup(t, s, TINY_SPEC, RegularizerSet([ShareReg()]),
+                                                     grad_probe_every=0), dict(SHARE_CFG["cmi"], iterations=5))
+        calls, first, ratio = [], {}, {}
+        real = B._grad_norms
+
+        def counting(loss, groups):
+            calls.append(syn_step[0])
+            return real(loss, groups)
+
+        syn_step = [0]
+
+        def see(terms, step):
+            syn_step[0] = step + 1  # the next step's probes
+            wrt = syn.optimized_tensors()
+            ratio[step] = _norm(terms["share/x"], wrt) / _norm(terms["bn"], wrt)
+            if step == 0:
+                first.update(syn._grad_norms)
+
+        monkeypatch.setattr(B, "_grad_norms", counting)
+        if not trim:  # the untrimmed probe: every step is measured like the first
+            monkeypatch.setattr(type(syn), "balance", lambda self, terms, images, i, _b=B.Synthesizer.balance:
+                                _b(self, terms, images, 0 if self.probing(i) else i))
+        res = synthesize_spying(syn, see)
+        monkeypatch.undo()
+        return res, calls, first, ratio
+
+    res, calls, first, ratio = run(trim=True)
+    per_step = {i: calls.count(i) for i in set(calls)}
+    n_terms = len(first) // 2  # images/ and params/ keys
+    assert per_step[0] == n_terms >= 4  # bn, oh, adv, cr, share/x: every term at step 0
+    assert all(per_step[i] == 2 for i in (1, 2, 4))  # bn + share/x
+    assert 3 not in per_step
+    own = {k: v for k, v in res.grad_norms.items() if "share/" not in k}
+    assert own == {k: v for k, v in first.items() if "share/" not in k} and own  # as at the first step
+    for i in (0, 1, 2, 4):
+        assert ratio[i] == pytest.approx(0.5, rel=1e-4)
+    full, _, _, full_ratio = run(trim=False)
+    assert full_ratio == pytest.approx(ratio, rel=1e-6)  # same scales, same images
+    assert torch.equal(full.images, res.images)

@@ -64,8 +64,8 @@ class SynthesisResult:
     """images: pixel space [N, C, H, W] in [0, 1]; targets: [N] labels the images were
     made for; seconds: wall time of the call; losses: the named terms at the final (kept)
     step; timing: seconds spent in teacher_forward / student_forward / backward / other;
-    grad_norms: at the call's last probed step (step 0; the last of 0, 1, 2, 4, ... under a
-    gradient-share regularizer), each term's gradient norm w.r.t. the images
+    grad_norms: at the call's first step (a gradient-share regularizer's terms: at the last
+    re-measure, steps 0, 1, 2, 4, ...), each term's gradient norm w.r.t. the images
     (``images/<term>``) and the optimized tensors (``params/<term>``), divided by the
     reference term's (empty when not probed)."""
 
@@ -296,21 +296,28 @@ class Synthesizer:
         is recorded relative to the reference's. A term a regularizer declares in
         ``grad_shares`` (raw, unweighted) is multiplied by share * |g_ref| / |g_term| (w.r.t.
         the optimized tensors, measured at the probe step and held until the next one), so
-        its gradient is ``share`` times the reference's whatever the synthesizer or model."""
+        its gradient is ``share`` times the reference's whatever the synthesizer or model.
+
+        The re-measures after a call's first step (``share_rescale`` "doubling": steps 1, 2, 4,
+        ...) exist only to update those scales, so they backpropagate the reference and the
+        shared terms alone (one backward each); the other terms' recorded norms stay those of
+        the first step, the same step at which a run without shares records them."""
         shares = self.regularizers.grad_shares("synthesis")
         if self.probing(inner_step):
             ref = terms.get("bn")
             if ref is None:
                 own = [v for k, v in terms.items() if "/" not in k]
                 ref = sum(own) if own else None
+            rescale_only = inner_step > 0
             with self.timer("grad_probe"):
                 leaves = self.optimized_tensors()
                 probe = {"images": [images]} if not (len(leaves) == 1 and leaves[0] is images) else {}
                 probe["params"] = leaves or [images]
-                per_term = {k: _grad_norms(v, probe) for k, v in terms.items()}  # one backward each
-                g_ref = (per_term["bn"] if ref is terms.get("bn") else _grad_norms(ref, probe)) \
-                    if ref is not None else dict.fromkeys(probe, 0.0)
-                norms: dict[str, float] = {}
+                per_term = {k: _grad_norms(v, probe) for k, v in terms.items()  # one backward each
+                            if not rescale_only or k in shares}
+                g_ref = (per_term["bn"] if "bn" in per_term and ref is terms.get("bn")
+                         else _grad_norms(ref, probe)) if ref is not None else dict.fromkeys(probe, 0.0)
+                norms: dict[str, float] = dict(self._grad_norms) if rescale_only else {}
                 for where in probe:
                     for k, gk in per_term.items():
                         g = gk[where]
