@@ -41,7 +41,7 @@ log "setup done"
 [ "${SKIP_SPEED:-0}" != 1 ] && timeout 90 $PY -m benchmarks.speed --device "$DEV" --teacher resnet34 --student spiking_resnet18 \
   --channels 3 --batch-size "${SPEED_BATCH:-256}" --steps 3 --repeats 3 --json "$W/speed_r34_sr18.json" \
   > "$W/speed_r34_sr18.txt" 2>&1
-[ "${SKIP_SPEED:-0}" != 1 ] && timeout 40 $PY -m benchmarks.speed --device "$DEV" --steps 3 --repeats 3 --json "$W/speed_small.json" \
+[ "${SKIP_SPEED:-0}" != 1 ] && timeout 40 $PY -m benchmarks.speed --device "$DEV" --steps 3 --repeats 3 --image-size 28 --student-arg bn_weight=2.0 --json "$W/speed_small.json" \
   > "$W/speed_small.txt" 2>&1
 log "speed done"; cat "$W"/speed_*.txt
 
