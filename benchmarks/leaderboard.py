@@ -29,13 +29,15 @@ import pandas as pd
 
 from .frame import (NONE, REFERENCE_SYNTHS, TIMING_PARTS, by_seed as _by_seed, frame, load_rows, mean_of as _mean,
                     treatment_label)
-from .stats import _finite, _int, _num, _pair_num, diff_ci, fmt_diff, fmt_ms, md_table, mean_std
+from .stats import _finite, _int, _num, _pair_num, diff_ci, fmt_diff, fmt_ms, md_table, mean_std, seeds_for_half_width
 from .store import corrupt_rows, read_manifest, treatment_of
 
 #: Published top-1 (%) of ANN students, Fang et al., "Up to 100x Faster Data-free Knowledge
 #: Distillation" (AAAI 2022), Table 1, as collected in shared/reference/baselines.md:
 #: (dataset, teacher, ANN student, method as printed, our synthesizer name, accuracy).
 PUBLISHED_SOURCE = "published (ANN->ANN, Fast-DFKD Table 1)"
+#: the paired 95% half-width (accuracy points) the seeds table plans for (issue 10's target)
+PLANNING_HALF_WIDTH = 2.0
 PUBLISHED: tuple[tuple[str, str, str, str, str, float], ...] = (
     ("cifar10", "resnet34", "resnet18", "Teacher", "teacher", 95.70),
     ("cifar10", "vgg11", "resnet18", "Teacher", "teacher", 92.25),
@@ -133,6 +135,27 @@ def ablation_table(ok: pd.DataFrame, dataset: str) -> pd.DataFrame:
                      "vs none (95% CI)": "-" if regs == NONE else fmt_diff(diff_ci(_by_seed(g), _by_seed(base))),
                      "firing rate": _num(_mean(g["firing_rate"])),
                      "synth s/image": _num(_mean(g["synth_s_per_image"]))})
+    return pd.DataFrame(recs)
+
+
+def seeds_table(ok: pd.DataFrame, dataset: str, half_width: float = PLANNING_HALF_WIDTH) -> pd.DataFrame:
+    """Per (pair, synthesizer, regularizer set) with >= 2 seeds paired with no regularizer:
+    the paired differences' sample std, today's 95% half-width, and the seeds a half-width
+    of ``half_width`` points would need at that std (:func:`stats.seeds_for_half_width`)."""
+    d = ok[(ok["dataset"] == dataset) & ~ok["synthesizer"].isin(REFERENCE_SYNTHS)]
+    recs = []
+    for (pair, synth, regs), g in d.groupby(["pair", "synthesizer", "regularizers"], sort=True):
+        if regs == NONE:
+            continue
+        base = d[(d["pair"] == pair) & (d["synthesizer"] == synth) & (d["regularizers"] == NONE)]
+        ci = diff_ci(_by_seed(g), _by_seed(base))
+        if ci["method"] != "paired":
+            continue
+        need = seeds_for_half_width(ci["sd"], half_width)
+        recs.append({"pair": pair, "synthesizer": synth, "regularizers": regs, "paired seeds": ci["n"],
+                     "sd of paired differences": f"{ci['sd']:.2f}",
+                     "95% half-width now": f"{(ci['hi'] - ci['lo']) / 2:.2f}",
+                     f"seeds for ±{half_width:g}": "> 100000" if need is None else str(need)})
     return pd.DataFrame(recs)
 
 
@@ -252,6 +275,13 @@ def leaderboard_markdown(df: pd.DataFrame, title: str = "Leaderboard",
         regsets = set(ok[ok["dataset"] == ds]["regularizers"]) - {NONE, treat}
         if regsets:
             out += [f"### {ds}: all regularizer sets", "", md_table(ablation_table(ok, ds)), ""]
+        seeds = seeds_table(ok, ds)
+        if len(seeds):
+            out += [f"### {ds}: seeds needed", "",
+                    f"How many seeds a paired 95% interval of ±{PLANNING_HALF_WIDTH:g} points would need if the "
+                    "per-seed with/without differences keep the spread measured so far (smallest n with "
+                    "t(0.975, n-1) · sd / √n within it; sd from few seeds: an order of magnitude, not a promise).",
+                    "", md_table(seeds), ""]
         cost = cost_table(ok, ds)
         if len(cost):
             out += [f"### {ds}: synthesis cost", "",

@@ -56,7 +56,7 @@ def diff_ci(with_by_seed: dict[Any, float], without_by_seed: dict[Any, float], l
         d = [a[s] - b[s] for s in common]
         m, sd, n = mean_std(d)
         half = t_quantile(q, n - 1) * sd / math.sqrt(n)
-        return {"mean": m, "lo": m - half, "hi": m + half, "n": n, "method": "paired"}
+        return {"mean": m, "lo": m - half, "hi": m + half, "n": n, "method": "paired", "sd": sd}
     ma, sa, na = mean_std(a.values())
     mb, sb, nb = mean_std(b.values())
     if na == 0 or nb == 0:
@@ -74,6 +74,31 @@ def diff_ci(with_by_seed: dict[Any, float], without_by_seed: dict[Any, float], l
     df = (va + vb) ** 2 / (va * va / (na - 1) + vb * vb / (nb - 1))
     half = t_quantile(q, df) * se
     return {"mean": m, "lo": m - half, "hi": m + half, "n": min(na, nb), "method": "welch"}
+
+
+def seeds_for_half_width(sd: float, half_width: float, level: float = 0.95, max_n: int = 100_000) -> int | None:
+    """Planning figure: the smallest n >= 2 with t_{q, n-1} * sd / sqrt(n) <= ``half_width``,
+    i.e. the seeds a paired interval needs if the per-seed differences keep the sample std
+    ``sd`` measured so far (an estimate from few seeds: read it as an order of magnitude).
+    None when it exceeds ``max_n`` or sd is not finite."""
+    if not (math.isfinite(sd) and half_width > 0):
+        return None
+    q = 0.5 + level / 2.0
+    if sd == 0:
+        return 2
+
+    def fits(n: int) -> bool:
+        return t_quantile(q, n - 1) * sd / math.sqrt(n) <= half_width
+
+    lo, hi = 2, 2
+    while not fits(hi):  # the half-width falls monotonically with n: double, then bisect
+        if hi > max_n:
+            return None
+        lo, hi = hi, hi * 2
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if not fits(mid) else (lo, mid)
+    return lo
 
 
 def fmt_ms(m: float, s: float, n: int, digits: int = 2) -> str:

@@ -51,6 +51,18 @@ def test_unpaired_difference_uses_welch_and_single_seeds_have_no_ci():
     assert stats.fmt_diff(stats.diff_ci({0: 61.0}, {})) == "-"
 
 
+@pytest.mark.parametrize("sd", [0.5, 1.0, 1.6, 4.7, 12.0, 30.0])
+def test_seeds_for_half_width_is_the_smallest_n_whose_interval_fits(sd):
+    n = stats.seeds_for_half_width(sd, 2.0)
+
+    def half(k):
+        return stats.t_quantile(0.975, k - 1) * sd / math.sqrt(k)
+    assert n >= 2 and half(n) <= 2.0 and (n == 2 or half(n - 1) > 2.0)
+    assert stats.seeds_for_half_width(1.6, 2.0) == 5  # the sd 5 seeds can resolve to ±2
+    assert stats.seeds_for_half_width(float("nan"), 2.0) is None
+    assert stats.seeds_for_half_width(1e6, 2.0) is None  # beyond any run: no number
+
+
 # --------------------------------------------------------------------------- rows -> tables
 def row(synth, regs, seed, acc, dataset="fashion-mnist", teacher="smallcnn", student="spiking_smallcnn",
         status="ok", error=None, **kw):
@@ -108,6 +120,20 @@ def test_summary_table_numbers(tmp_path):
     assert lb.PUBLISHED_SOURCE not in t.columns  # no published setting matches fashion-mnist
     c = lb.summary_table(df[df["status"] == "ok"], "cifar10").set_index("synthesizer")
     assert c.loc["deepinversion"][lb.PUBLISHED_SOURCE] == "93.26 (DeepInv-2k)"
+
+
+def test_seeds_table_plans_from_the_paired_spread(tmp_path):
+    """Paired differences (2, 3, 4): sd 1, half-width 2.48 at n = 3; ±2 needs n = 4
+    (t(0.975, 3) / 2 = 1.59). Cells without two paired seeds are left out."""
+    df = lb.frame(synthetic_rows())
+    t = lb.seeds_table(df[df["status"] == "ok"], "fashion-mnist")
+    assert list(t["synthesizer"]) == ["deepinversion"]  # cmi+stars failed: nothing paired
+    r = t.iloc[0]
+    assert (r["paired seeds"], r["sd of paired differences"], r["95% half-width now"], r["seeds for ±2"]) == \
+        (3, "1.00", "2.48", "4")
+    write_rows(tmp_path, synthetic_rows())
+    lb.write_report(tmp_path, plots=False)
+    assert "seeds needed" in (tmp_path / "leaderboard.md").read_text()
 
 
 def test_teacher_column_counts_teachers_not_rows():
