@@ -59,3 +59,33 @@ def test_speed_script_builds_the_student_it_is_told_and_reports_where_the_time_w
     assert {"teacher_forward", "student_forward", "backward", "grad_probe"} <= set(parts["bare"])
     assert "regularizers" in parts["with"] and "regularizers" not in parts["bare"]
     assert parts["with"]["grad_probe"] > parts["bare"]["grad_probe"] > 0
+
+
+def test_paired_diagnostics_pairs_by_seed_and_correlates_the_changes(tmp_path):
+    """benchmarks.paired_diagnostics: rows pair by seed (a seed without its partner is left
+    out), the loss changes are relative (mean over the synthesis batches, own terms only) and
+    r is Pearson's over the pairs."""
+    import numpy as np
+
+    from benchmarks import paired_diagnostics as pdg
+    from benchmarks.store import write_row
+    from test_leaderboard import row
+
+    oh_wo, oh_w, acc_wo, acc_w = [0.2, 0.3, 0.1, 0.4], [0.25, 0.3, 0.2, 0.3], [50, 55, 60, 52], [49, 56, 55, 53]
+    for seed in range(4):
+        for regs, oh, acc in (([], oh_wo, acc_wo), (["stars"], oh_w, acc_w)):
+            batches = [{"losses": {"bn": 2.0, "oh": oh[seed] * f, "stars/rca": 9.0}} for f in (0.5, 1.5)]
+            r = row("cmi", regs, seed, float(acc[seed]), synth_batches=batches,
+                    history=[{"kd_loss": 1.0}, {"kd_loss": 0.5 + 0.1 * seed * len(regs)}])
+            write_row(tmp_path / "rows", r["job_id"], r)
+    lone = row("cmi", ["stars"], 7, 40.0)
+    write_row(tmp_path / "rows", lone["job_id"], lone)
+    pairs = pdg.paired_table(list(pdg.read_rows(tmp_path).values()), "stars")
+    assert list(pairs["seed"]) == [0, 1, 2, 3]
+    assert list(pairs["acc difference"]) == [w - o for w, o in zip(acc_w, acc_wo)]
+    rel = [w / o - 1 for w, o in zip(oh_w, oh_wo)]
+    assert np.allclose(pairs["oh change"], rel) and np.allclose(pairs["bn change"], 0.0)
+    assert "stars/rca change" not in pairs.columns  # regularizer terms are not the synthesizer's own
+    r = pdg.correlation_table(pairs).set_index("synthesizer").loc["cmi", "r(acc diff, oh change)"]
+    assert float(r) == round(float(np.corrcoef(pairs["acc difference"], rel)[0, 1]), 2)
+    assert "no seed has both" in pdg.report(tmp_path, "rca")
