@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from .config import nonneg, positive, require
 from .optim import sgd_cosine
+from .provenance import preserve_rng
 from .synthesizers.base import STUDENT_MODES, synthesis_mode, _grad_norm
 from .hooks import StepContext, total_loss
 from .models import eval_chunk
@@ -137,17 +138,23 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, spec: DataSpec, batch_size:
 
 
 def _diagnostics(synth: Synthesizer, batch_size: int) -> dict[str, Any]:
-    """Each regularizer's diagnostics on one pool batch (teacher and student, no grad)."""
-    regs = list(synth.regularizers)
-    if not regs or len(synth.pool) == 0:
+    """Each regularizer's diagnostics on one pool batch (teacher and student, no grad).
+
+    Only runs with regularizers measure them, so the pool batch is drawn without touching
+    the run's random stream (and each regularizer draws from its own): a run with a
+    regularizer keeps the same KD batches, augmentation and synthesis noise as its pair
+    without one."""
+    regs = synth.regularizers
+    if not len(regs) or len(synth.pool) == 0:
         return {}
     teacher, student = synth.teacher, synth.student
     with torch.no_grad(), synthesis_mode(teacher, student, synth.setup.student_mode):
-        x, _ = synth.sample(batch_size)
+        with preserve_rng():
+            x, _ = synth.sample(batch_size)
         ctx = StepContext("distill", x, None, teacher.forward_features(x),
                           student.forward_features(x, record_spiking=student.is_spiking),
                           teacher, student, synth.spec, synthesizer=synth.name)
-        return {r.name: r.diagnostics(ctx) for r in regs}
+        return regs.diagnostics(ctx)
 
 
 class DistillLoop:

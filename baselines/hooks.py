@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from . import config as cfgmod
 from .errors import ConfigError, NonFiniteLossError
 from .models import ModelOutput, StagedModel
+from .provenance import PrivateStream
 from .spec import DataSpec
 
 PHASES = ("synthesis", "distill")
@@ -159,6 +160,10 @@ class Regularizer:
         pass
 
 
+#: key of the regularizers' random streams in :meth:`RegularizerSet.state_dict`
+STREAMS_KEY = "__random_streams__"
+
+
 class RegularizerSet:
     """The regularizers attached to a run; merges their terms under ``name/term``."""
 
@@ -167,6 +172,9 @@ class RegularizerSet:
         names = [r.name for r in self.regs]
         if len(set(names)) != len(names):
             raise ConfigError(f"regularizer attached twice: {names}")
+        # each regularizer draws (TAR's sampled sites, calibration batches, ...) from its own
+        # stream, so attaching one never shifts the synthesizer's or distillation's draws
+        self.streams = {r.name: PrivateStream(f"regularizer:{r.name}") for r in self.regs}
 
     def __iter__(self):
         return iter(self.regs)
@@ -198,23 +206,39 @@ class RegularizerSet:
     def setup(self, teacher: StagedModel, student: StagedModel, spec: DataSpec) -> None:
         for r in self.regs:
             r.check_models(teacher, student)
-            r.setup(teacher, student, spec)
+            with self.streams[r.name]:
+                r.setup(teacher, student, spec)
 
     def terms(self, ctx: StepContext) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         for r in self.regs:
             if r.acts_in(ctx.phase):
-                for k, v in r.terms(ctx).items():
+                with self.streams[r.name]:
+                    got = r.terms(ctx)
+                for k, v in got.items():
                     out[f"{r.name}/{k}"] = v
         return out
 
+    def diagnostics(self, ctx: StepContext) -> dict[str, dict[str, float]]:
+        """Each regularizer's diagnostics on ``ctx``, drawn from its own stream."""
+        out = {}
+        for r in self.regs:
+            with self.streams[r.name]:
+                out[r.name] = r.diagnostics(ctx)
+        return out
+
     def state_dict(self) -> dict[str, Any]:
-        return {r.name: r.state_dict() for r in self.regs}
+        state: dict[str, Any] = {r.name: r.state_dict() for r in self.regs}
+        state[STREAMS_KEY] = {name: s.state_dict() for name, s in self.streams.items()}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for r in self.regs:
             if r.name in state:
                 r.load_state_dict(state[r.name])
+        for name, s in (state.get(STREAMS_KEY) or {}).items():  # absent in older checkpoints
+            if name in self.streams:
+                self.streams[name].load_state_dict(s)
 
 
 def total_loss(terms: dict[str, Tensor], where: str, step: int) -> Tensor:

@@ -42,11 +42,14 @@ def _student(d):
     return torch.load(d / "student.pt", weights_only=True)
 
 
-@pytest.mark.parametrize("synth", ["deepinversion", "fast"])
+@pytest.mark.parametrize("synth", ["deepinversion", "fast", "deepinversion+stars"])
 def test_a_killed_job_resumes_to_the_same_numbers(tmp_path, synth):
-    cfg = tiny(synth=synth)
+    synth, _, reg = synth.partition("+")
+    cfg = tiny(synth=synth, **({"regularizers": [reg]} if reg else {}))
     if synth == "fast":
         cfg["fast"] = {"batch_size": 16, "warmup": 1, "steps": 2}
+    if reg:  # TAR on sampled sites: the regularizer's own random stream must resume too
+        cfg[reg] = {"tar_positions": 8}
     full = run_job(copy.deepcopy(cfg), str(tmp_path / "full"))
     assert full["status"] == "ok" and full["resumed_from_epoch"] is None
     assert not (tmp_path / "full" / CHECKPOINT).exists()  # deleted when the job ends ok
