@@ -165,9 +165,14 @@ def _repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+#: top-level directories of a checkout that hold benchmark outputs, not code
+OUTPUT_DIRS = ("results", "runs")
+
+
 def git_commit(path: str | os.PathLike | None = None) -> str | None:
     """Commit hash of the checkout this code runs from, ``"<hash>-dirty"`` when files have
-    uncommitted changes (tracked files anywhere, or new files not ignored by .gitignore);
+    uncommitted changes (tracked files, or new files not ignored by .gitignore) outside the
+    output directories (:data:`OUTPUT_DIRS`);
     None outside a git checkout (e.g. an installed wheel), without commits, or without git.
 
     The checkout must be the one holding this package: a site-packages directory that
@@ -189,7 +194,9 @@ def git_commit(path: str | os.PathLike | None = None) -> str | None:
     head = git("rev-parse", "HEAD")
     if not head:
         return None  # a repository without commits
-    status = git("status", "--porcelain")
+    # benchmark outputs (committed results/, uncommitted runs/) change with every run and
+    # are not the code that made it: they do not make a checkout dirty
+    status = git("status", "--porcelain", "--", ".", *(f":(exclude){d}" for d in OUTPUT_DIRS))
     return f"{head}-dirty" if status else head
 
 

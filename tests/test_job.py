@@ -321,3 +321,34 @@ def test_save_samples_uses_no_random_numbers_and_sorts_by_class(tmp_path):
         px = [im.convert("L").getpixel((1 + k * 5, 1)) for k in range(5)]
     assert px == [150, 50, 200, 0, 100]  # class order 0, 1, 2, 3, 4 -> images 3, 1, 4, 0, 2 (x50)
     assert save_samples(type("Empty", (), {"pool": ImagePool()}), str(tmp_path / "e.png")) is None
+
+
+def test_git_commit_is_dirty_for_code_changes_not_for_benchmark_outputs(tmp_path):
+    """A bench writes results/ (committed) or runs/: its rows must still name the clean
+    commit of the code that made them; an edit to code makes it "-dirty"."""
+    import shutil
+    import subprocess
+
+    from baselines.provenance import git_commit
+
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+
+    def git(*a):
+        subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "row.json").write_text("{}\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    head = git_commit(tmp_path)
+    assert head and not head.endswith("-dirty")
+    (tmp_path / "results" / "row.json").write_text('{"acc": 1}\n')
+    (tmp_path / "results" / "new.json").write_text("{}\n")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "x.json").write_text("{}\n")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == f"{head}-dirty"
