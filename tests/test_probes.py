@@ -58,7 +58,36 @@ def test_speed_script_builds_the_student_it_is_told_and_reports_where_the_time_w
     parts = row["parts_s_per_call"]
     assert {"teacher_forward", "student_forward", "backward", "grad_probe"} <= set(parts["bare"])
     assert "regularizers" in parts["with"] and "regularizers" not in parts["bare"]
-    assert parts["with"]["grad_probe"] > parts["bare"]["grad_probe"] > 0
+    assert parts["with"]["grad_probe"] > 0 and parts["bare"]["grad_probe"] > 0  # no timed comparison in tests
+
+
+def test_rng_shift_draws_once_after_the_first_call_and_restores_the_class():
+    """benchmarks.rng_shift's patch: exactly one extra global draw right after the run's
+    first synthesize() call, and the synthesizer class unpatched afterwards."""
+    from baselines.hooks import RegularizerSet
+    from baselines.registry import SYNTHESIZERS
+    from baselines.synthesizers.base import SynthesisSetup
+    from benchmarks.rng_shift import one_extra_draw_after_first_synthesis
+    from tinymodels import TINY_SPEC, tiny_pair
+
+    cls = SYNTHESIZERS.get("noise")
+    real = cls.synthesize
+
+    def states(patched):
+        torch.manual_seed(0)
+        t, s = tiny_pair()
+        syn = cls(SynthesisSetup(t, s, TINY_SPEC, RegularizerSet()), {"batch_size": 4})
+        ctx = one_extra_draw_after_first_synthesis("noise") if patched else None
+        with ctx if ctx else torch.no_grad():
+            syn.synthesize()
+        return torch.get_rng_state()
+
+    base_first, first = states(False), states(True)
+    assert not torch.equal(first, base_first)  # shifted right after the first call
+    torch.set_rng_state(base_first)
+    torch.rand(())
+    assert torch.equal(torch.get_rng_state(), first)  # by exactly one draw
+    assert cls.synthesize is real
 
 
 def test_paired_diagnostics_pairs_by_seed_and_correlates_the_changes(tmp_path):
