@@ -29,7 +29,8 @@ import pandas as pd
 
 from .frame import (NONE, REFERENCE_SYNTHS, TIMING_PARTS, by_seed as _by_seed, frame, load_rows, mean_of as _mean,
                     treatment_label)
-from .stats import _finite, _int, _num, _pair_num, diff_ci, fmt_diff, fmt_ms, md_table, mean_std, seeds_for_half_width
+from .stats import (_finite, _int, _num, _pair_num, diff_ci, fmt_diff, fmt_ms, md_table, mean_std, pitman_morgan,
+                    seeds_for_half_width)
 from .store import corrupt_rows, read_manifest, treatment_of
 
 #: Published top-1 (%) of ANN students, Fang et al., "Up to 100x Faster Data-free Knowledge
@@ -159,6 +160,29 @@ def seeds_table(ok: pd.DataFrame, dataset: str, half_width: float = PLANNING_HAL
     return pd.DataFrame(recs)
 
 
+def spread_table(ok: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Does a regularizer change how much the outcome moves from seed to seed? Per (pair,
+    synthesizer, regularizer set) with >= 3 seeds paired with no regularizer: the seeds'
+    sample std without and with it, their ratio, and the Pitman-Morgan test of equal
+    variances for paired runs (:func:`stats.pitman_morgan`; the runs of a seed share their
+    random streams, so an F test of independent groups does not apply)."""
+    d = ok[(ok["dataset"] == dataset) & ~ok["synthesizer"].isin(REFERENCE_SYNTHS)]
+    recs = []
+    for (pair, synth, regs), g in d.groupby(["pair", "synthesizer", "regularizers"], sort=True):
+        if regs == NONE:
+            continue
+        base = _by_seed(d[(d["pair"] == pair) & (d["synthesizer"] == synth) & (d["regularizers"] == NONE)])
+        mine = _by_seed(g)
+        common = sorted(set(base) & set(mine), key=str)
+        pm = pitman_morgan([base[k] for k in common], [mine[k] for k in common])
+        if pm["n"] < 3:
+            continue
+        recs.append({"pair": pair, "synthesizer": synth, "regularizers": regs, "paired seeds": pm["n"],
+                     "sd w/o": _num(pm["sd_x"]), "sd w/": _num(pm["sd_y"]), "sd ratio w/ : w/o": _num(pm["ratio"]),
+                     "Pitman-Morgan p": "-" if not math.isfinite(pm["p"]) else f"{pm['p']:.3f}"})
+    return pd.DataFrame(recs)
+
+
 def cost_table(ok: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Synthesis cost per cell: seconds per synthesized image and the share of the timed
     synthesize() seconds spent in teacher forward, student forward, backward, the
@@ -282,6 +306,13 @@ def leaderboard_markdown(df: pd.DataFrame, title: str = "Leaderboard",
                     "per-seed with/without differences keep the spread measured so far (smallest n with "
                     "t(0.975, n-1) · sd / √n within it; sd from few seeds: an order of magnitude, not a promise).",
                     "", md_table(seeds), ""]
+        spread = spread_table(ok, ds)
+        if len(spread):
+            out += [f"### {ds}: seed-to-seed spread", "",
+                    "Over the seeds run both ways: the accuracy's sample std without and with each regularizer "
+                    "set, and the Pitman-Morgan test of equal variances for paired samples (p; the two runs of "
+                    "a seed share their random streams). A small p with a ratio below 1 says the regularizer "
+                    "steadies the method across seeds, whatever it does to the mean.", "", md_table(spread), ""]
         cost = cost_table(ok, ds)
         if len(cost):
             out += [f"### {ds}: synthesis cost", "",
