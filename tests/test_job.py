@@ -277,6 +277,20 @@ def test_user_checkpoint_teacher_runs_and_a_misfit_raises_before_compute(tmp_pat
 
 
 # ----------------------------------------------------------------------------- provenance
+def test_rows_record_the_thread_count_the_numbers_depend_on():
+    """On a CPU the thread count sets the summation order, so a row that omits it cannot be
+    reproduced to the digit: versions.torch_threads is the count the job ran with."""
+    from baselines.provenance import package_versions
+
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            assert package_versions()["torch_threads"] == n
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_provenance_helpers(tmp_path):
     import random
 
