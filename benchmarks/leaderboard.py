@@ -14,7 +14,8 @@ the best-over-evaluations value would select on the test set). Per (pair, synthe
 - teacher accuracy (one value per distinct teacher, not per row), the ``real`` KD upper reference, synthesis seconds per image, the
   student's firing rate and synaptic operations (SOPs) per image;
 
-plus the ``noise`` and ``scratch`` reference rows, the published ANN->ANN numbers of the
+the seeds-needed planning table and the seed-to-seed spread (sd without / with a regularizer
+set, Pitman-Morgan test for paired runs); plus the ``noise`` and ``scratch`` reference rows, the published ANN->ANN numbers of the
 Fast-DFKD paper (Table 1) where dataset, teacher and student (ANN name, ``spiking_``
 prefix removed) match, and the failed runs with their errors. Statistics: ``stats.py``.
 """
