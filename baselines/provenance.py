@@ -206,7 +206,7 @@ def package_versions() -> dict[str, Any]:
     only at the same thread count, since the thread count sets the order in which
     convolutions and reductions sum (the quick preset's real-KD job: 50.80% with one thread,
     50.40% with two)."""
-    out: dict[str, str | None] = {}
+    out: dict[str, Any] = {}
     for name in TRACKED_PACKAGES:
         try:
             out[name] = md.version(name)

@@ -140,17 +140,24 @@ def ablation_table(ok: pd.DataFrame, dataset: str) -> pd.DataFrame:
     return pd.DataFrame(recs)
 
 
-def seeds_table(ok: pd.DataFrame, dataset: str, half_width: float = PLANNING_HALF_WIDTH) -> pd.DataFrame:
-    """Per (pair, synthesizer, regularizer set) with >= 2 seeds paired with no regularizer:
-    the paired differences' sample std, today's 95% half-width, and the seeds a half-width
-    of ``half_width`` points would need at that std (:func:`stats.seeds_for_half_width`)."""
+def _cells_vs_none(ok: pd.DataFrame, dataset: str) -> Iterable[tuple[str, str, str, dict, dict]]:
+    """(pair, synthesizer, regularizer set, accuracy by seed, accuracy by seed without
+    regularizers) for every DFKD cell of ``dataset`` that uses a regularizer set."""
     d = ok[(ok["dataset"] == dataset) & ~ok["synthesizer"].isin(REFERENCE_SYNTHS)]
-    recs = []
     for (pair, synth, regs), g in d.groupby(["pair", "synthesizer", "regularizers"], sort=True):
         if regs == NONE:
             continue
         base = d[(d["pair"] == pair) & (d["synthesizer"] == synth) & (d["regularizers"] == NONE)]
-        ci = diff_ci(_by_seed(g), _by_seed(base))
+        yield pair, synth, regs, _by_seed(g), _by_seed(base)
+
+
+def seeds_table(ok: pd.DataFrame, dataset: str, half_width: float = PLANNING_HALF_WIDTH) -> pd.DataFrame:
+    """Per (pair, synthesizer, regularizer set) with >= 2 seeds paired with no regularizer:
+    the paired differences' sample std, today's 95% half-width, and the seeds a half-width
+    of ``half_width`` points would need at that std (:func:`stats.seeds_for_half_width`)."""
+    recs = []
+    for pair, synth, regs, mine, base in _cells_vs_none(ok, dataset):
+        ci = diff_ci(mine, base)
         if ci["method"] != "paired":
             continue
         need = seeds_for_half_width(ci["sd"], half_width)
@@ -167,13 +174,8 @@ def spread_table(ok: pd.DataFrame, dataset: str) -> pd.DataFrame:
     sample std without and with it, their ratio, and the Pitman-Morgan test of equal
     variances for paired runs (:func:`stats.pitman_morgan`; the runs of a seed share their
     random streams, so an F test of independent groups does not apply)."""
-    d = ok[(ok["dataset"] == dataset) & ~ok["synthesizer"].isin(REFERENCE_SYNTHS)]
     recs = []
-    for (pair, synth, regs), g in d.groupby(["pair", "synthesizer", "regularizers"], sort=True):
-        if regs == NONE:
-            continue
-        base = _by_seed(d[(d["pair"] == pair) & (d["synthesizer"] == synth) & (d["regularizers"] == NONE)])
-        mine = _by_seed(g)
+    for pair, synth, regs, mine, base in _cells_vs_none(ok, dataset):
         common = sorted(set(base) & set(mine), key=str)
         pm = pitman_morgan([base[k] for k in common], [mine[k] for k in common])
         if pm["n"] < 3:
@@ -273,6 +275,11 @@ def mixed_cells(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"job": m["label"], "id": m["job_id"], "accuracy": m["student_acc"].round(2)})
 
 
+def _section(heading: str, table: pd.DataFrame, caption: str) -> list[str]:
+    """A markdown section (heading, caption, table), or nothing when the table is empty."""
+    return [heading, "", caption, "", md_table(table), ""] if len(table) else []
+
+
 def leaderboard_markdown(df: pd.DataFrame, title: str = "Leaderboard",
                          plots: dict[str, str] | None = None, notes: Iterable[str] = (),
                          mixed: pd.DataFrame | None = None) -> str:
@@ -300,35 +307,25 @@ def leaderboard_markdown(df: pd.DataFrame, title: str = "Leaderboard",
         regsets = set(ok[ok["dataset"] == ds]["regularizers"]) - {NONE, treat}
         if regsets:
             out += [f"### {ds}: all regularizer sets", "", md_table(ablation_table(ok, ds)), ""]
-        seeds = seeds_table(ok, ds)
-        if len(seeds):
-            out += [f"### {ds}: seeds needed", "",
-                    f"How many seeds a paired 95% interval of ±{PLANNING_HALF_WIDTH:g} points would need if the "
-                    "per-seed with/without differences keep the spread measured so far (smallest n with "
-                    "t(0.975, n-1) · sd / √n within it; sd from few seeds: an order of magnitude, not a promise).",
-                    "", md_table(seeds), ""]
-        spread = spread_table(ok, ds)
-        if len(spread):
-            out += [f"### {ds}: seed-to-seed spread", "",
-                    "Over the seeds run both ways: the accuracy's sample std without and with each regularizer "
-                    "set, and the Pitman-Morgan test of equal variances for paired samples (p; the two runs of "
-                    "a seed share their random streams). A small p with a ratio below 1 says the regularizer "
-                    "steadies the method across seeds, whatever it does to the mean.", "", md_table(spread), ""]
-        cost = cost_table(ok, ds)
-        if len(cost):
-            out += [f"### {ds}: synthesis cost", "",
-                    "Seconds per synthesized image and where the synthesize() time went (summed over "
-                    "seeds; on a GPU the parts are timed without synchronization, so read them loosely).",
-                    "", md_table(cost), ""]
-        shares = gradshare_table(ok, ds)
-        if len(shares):
-            out += [f"### {ds}: gradient shares", "",
-                    "Each term's gradient norm w.r.t. what synthesis optimizes (pixels, or generator + "
-                    "latent), relative to the BN-statistics term's, in the probed synthesize() calls: the "
-                    "synthesizer's own terms at the first inner step; a gradient-share regularizer's terms at the "
-                    "last of steps 0, 1, 2, 4, 8, ..., the share actually held late in the call (rows made before "
-                    "the re-measures were trimmed to those terms record the own terms there too) (mean over "
-                    "batches and seeds).", "", md_table(shares), ""]
+        out += _section(f"### {ds}: seeds needed", seeds_table(ok, ds),
+                        f"How many seeds a paired 95% interval of ±{PLANNING_HALF_WIDTH:g} points would need if the "
+                        "per-seed with/without differences keep the spread measured so far (smallest n with "
+                        "t(0.975, n-1) · sd / √n within it; sd from few seeds: an order of magnitude, not a promise).")
+        out += _section(f"### {ds}: seed-to-seed spread", spread_table(ok, ds),
+                        "Over the seeds run both ways: the accuracy's sample std without and with each regularizer "
+                        "set, and the Pitman-Morgan test of equal variances for paired samples (p; the two runs of "
+                        "a seed share their random streams). A small p with a ratio below 1 says the regularizer "
+                        "steadies the method across seeds, whatever it does to the mean.")
+        out += _section(f"### {ds}: synthesis cost", cost_table(ok, ds),
+                        "Seconds per synthesized image and where the synthesize() time went (summed over "
+                        "seeds; on a GPU the parts are timed without synchronization, so read them loosely).")
+        out += _section(f"### {ds}: gradient shares", gradshare_table(ok, ds),
+                        "Each term's gradient norm w.r.t. what synthesis optimizes (pixels, or generator + "
+                        "latent), relative to the BN-statistics term's, in the probed synthesize() calls: the "
+                        "synthesizer's own terms at the first inner step; a gradient-share regularizer's terms at the "
+                        "last of steps 0, 1, 2, 4, 8, ..., the share actually held late in the call (rows made before "
+                        "the re-measures were trimmed to those terms record the own terms there too) (mean over "
+                        "batches and seeds).")
         out += [f"### {ds}: settings", "", md_table(settings_table(df, ds)), ""]
     f = failed_table(df)
     out += ["## Failed runs", ""]

@@ -24,6 +24,7 @@ import pandas as pd
 
 from .frame import NONE, REFERENCE_SYNTHS, set_label
 from .rows import ResultRow
+from .stats import pearson
 from .stats import md_table
 from .store import read_rows, treatment_of
 
@@ -73,17 +74,6 @@ def paired_table(rows: list[ResultRow], treatment: str) -> pd.DataFrame:
         rec["last kd_loss change"] = _rel(_last_kd_loss(a), _last_kd_loss(b))
         recs.append(rec)
     return pd.DataFrame(recs)
-
-
-def pearson(x: list[float], y: list[float]) -> float:
-    """Pearson's r of the finite pairs (nan for fewer than 3 or no spread)."""
-    pts = [(a, b) for a, b in zip(x, y) if math.isfinite(a) and math.isfinite(b)]
-    if len(pts) < 3:
-        return float("nan")
-    mx, my = mean(p[0] for p in pts), mean(p[1] for p in pts)
-    sxy = sum((a - mx) * (b - my) for a, b in pts)
-    sxx, syy = sum((a - mx) ** 2 for a, _ in pts), sum((b - my) ** 2 for _, b in pts)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
 
 
 def correlation_table(pairs: pd.DataFrame) -> pd.DataFrame:

@@ -101,6 +101,17 @@ def seeds_for_half_width(sd: float, half_width: float, level: float = 0.95, max_
     return lo
 
 
+def pearson(x: Iterable[Any], y: Iterable[Any]) -> float:
+    """Pearson's r of the finite pairs (nan for fewer than 3 or no spread)."""
+    pts = [(float(a), float(b)) for a, b in zip(x, y) if _finite([a]) and _finite([b])]
+    if len(pts) < 3:
+        return float("nan")
+    mx, my = sum(a for a, _ in pts) / len(pts), sum(b for _, b in pts) / len(pts)
+    sxy = sum((a - mx) * (b - my) for a, b in pts)
+    sxx, syy = sum((a - mx) ** 2 for a, _ in pts), sum((b - my) ** 2 for _, b in pts)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
+
+
 def pitman_morgan(x: Iterable[Any], y: Iterable[Any]) -> dict[str, Any]:
     """Test of equal variances for *paired* samples (Pitman 1939, Morgan 1939).
 
@@ -108,40 +119,28 @@ def pitman_morgan(x: Iterable[Any], y: Iterable[Any]) -> dict[str, Any]:
     streams, so the two groups are not independent and an F test does not apply. For pairs
     (x_i, y_i), var(x) = var(y) exactly when the sums s = x + y and the differences
     d = x - y are uncorrelated (cov(s, d) = var(x) - var(y)); the test is the usual t test of
-    that correlation r: t = r sqrt(n - 2) / sqrt(1 - r^2), n - 2 degrees of freedom,
-    two-sided p. Needs n >= 3 finite pairs (non-finite pairs are dropped).
+    their Pearson r: t = r sqrt(n - 2) / sqrt(1 - r^2), n - 2 degrees of freedom, two-sided
+    p. Needs n >= 3 finite pairs (non-finite pairs are dropped).
 
-    Returns n, sd_x, sd_y (ddof 1), ratio = sd_y / sd_x, r, t, df and p (nan where undefined).
+    Returns n, sd_x, sd_y (ddof 1), ratio = sd_y / sd_x, r and p (nan where undefined).
     """
     pairs = [(float(a), float(b)) for a, b in zip(x, y) if _finite([a]) and _finite([b])]
     n = len(pairs)
     nan = float("nan")
-    out: dict[str, Any] = {"n": n, "sd_x": nan, "sd_y": nan, "ratio": nan, "r": nan, "t": nan,
-                           "df": n - 2, "p": nan}
-    if n < 2:
-        return out
     xs, ys = [a for a, _ in pairs], [b for _, b in pairs]
-    out["sd_x"], out["sd_y"] = mean_std(xs)[1], mean_std(ys)[1]
-    out["ratio"] = out["sd_y"] / out["sd_x"] if out["sd_x"] > 0 else nan
-    if n < 3:
+    sd_x, sd_y = mean_std(xs)[1], mean_std(ys)[1]
+    r = pearson([a + b for a, b in pairs], [a - b for a, b in pairs])
+    out: dict[str, Any] = {"n": n, "sd_x": sd_x, "sd_y": sd_y, "r": r, "p": nan,
+                           "ratio": sd_y / sd_x if sd_x > 0 else nan}
+    if math.isnan(r):
         return out
-    s = [a + b for a, b in pairs]
-    d = [a - b for a, b in pairs]
-    ms, md = sum(s) / n, sum(d) / n
-    sss = sum((v - ms) ** 2 for v in s)
-    sdd = sum((v - md) ** 2 for v in d)
-    if sss == 0 or sdd == 0:
-        return out
-    r = sum((a - ms) * (b - md) for a, b in zip(s, d)) / math.sqrt(sss * sdd)
-    r = max(-1.0, min(1.0, r))
-    out["r"] = r
-    if abs(r) == 1.0:
-        out["t"], out["p"] = math.copysign(math.inf, r), 0.0
+    if abs(r) >= 1.0:
+        out["p"] = 0.0
         return out
     from scipy.stats import t as t_dist
 
     t = r * math.sqrt(n - 2) / math.sqrt(1.0 - r * r)
-    out["t"], out["p"] = t, float(2.0 * t_dist.sf(abs(t), n - 2))
+    out["p"] = float(2.0 * t_dist.sf(abs(t), n - 2))
     return out
 
 

@@ -1,4 +1,6 @@
 """The diagnostic probes' measurements (benchmarks/rca_hardness.py)."""
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -77,8 +79,7 @@ def test_rng_shift_draws_once_after_the_first_call_and_restores_the_class():
         torch.manual_seed(0)
         t, s = tiny_pair()
         syn = cls(SynthesisSetup(t, s, TINY_SPEC, RegularizerSet()), {"batch_size": 4})
-        ctx = one_extra_draw_after_first_synthesis("noise") if patched else None
-        with ctx if ctx else torch.no_grad():
+        with one_extra_draw_after_first_synthesis("noise") if patched else contextlib.nullcontext():
             syn.synthesize()
         return torch.get_rng_state()
 
