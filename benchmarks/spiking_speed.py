@@ -98,6 +98,12 @@ class WholeModel(torch.nn.Module):
         return self.body(self.model, x)
 
 
+def _sync(device) -> None:
+    """Wait for queued kernels so wall-clock timers measure the work (CUDA runs asynchronously)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def step(model, opt, x, y=None) -> None:
     opt.zero_grad(set_to_none=True)
     out = model(x)
@@ -153,28 +159,34 @@ def run(args) -> dict:
     g = torch.Generator().manual_seed(1)
     x32 = torch.randn(args.batch, 1, 32, 32, generator=g)
     x28 = x32[:, :, 2:30, 2:30].contiguous()
+    dev = torch.device(args.device)
+    x32 = x32.to(dev)
+    x28 = x28.to(dev)
     for k, (backend, once, size, _) in variants.items():
-        models[k] = build(args.student, args.T, backend, once, size, state)
+        models[k] = build(args.student, args.T, backend, once, size, state).to(dev)
         opts[k] = torch.optim.SGD(models[k].parameters(), lr=1e-6, momentum=0.9)
         inputs[k] = x32 if size == 32 else x28
     equal = spike_diff(models["A"], models["B"], x32)[0] == 0
     e_vs_d = spike_diff(models["D"], models["E"], x28)
     for k in variants:  # warm-up step (compile / cache load): timed apart
+        _sync(dev)
         t0 = time.perf_counter()
         step(models[k], opts[k], inputs[k])
+        _sync(dev)
         warm[k] = time.perf_counter() - t0
     graphs = counters["stats"]["unique_graphs"]
     times = {k: [] for k in variants}
     for _ in range(args.repeats):
         for k in variants:
+            _sync(dev)
             t0 = time.perf_counter()
             step(models[k], opts[k], inputs[k])
+            _sync(dev)
             times[k].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = drift(args.student, args.T, 28, args.batch, args.drift_steps) if args.drift_steps else []
     return {
-        "machine": {"processor": platform.processor() or platform.machine(), "platform": platform.platform(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": _machine(dev),
         "student": args.student, "batch": args.batch, "T": args.T, "repeats": args.repeats,
         "median_s": med, "ratio_to_A": {k: med[k] / med["A"] for k in med},
         "first_step_s": warm, "times_s": times,
@@ -185,11 +197,20 @@ def run(args) -> dict:
     }
 
 
+def _machine(dev) -> dict:
+    m = {"processor": platform.processor() or platform.machine(), "platform": platform.platform(),
+         "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(dev)}
+    if torch.device(dev).type == "cuda":
+        m["device"] = torch.cuda.get_device_name(dev)
+    return m
+
+
 def table(r: dict) -> str:
     m = r["machine"]
     lines = [f"spiking student step (fwd + bwd + SGD): {r['student']}, batch {r['batch']}, T={r['T']}, "
              f"median of {r['repeats']} interleaved rounds",
-             f"machine: {m['processor']} | {m['platform']} | torch {m['torch']} | threads {m['threads']}",
+             f"machine: {m['processor']} | {m['platform']} | torch {m['torch']} | threads {m['threads']}"
+             f" | device {m.get('device', 'cpu')}",
              "",
              f"{'':2} {'variant':34} {'median s':>9} {'x A':>6} {'A / x':>6} {'first step s':>13}"]
     for k, label in r["labels"].items():
@@ -219,27 +240,30 @@ def run_precision(args) -> dict:
     precs = [p.strip() for p in args.precision.split(",") if p.strip()]
     ref = build(args.student, args.T, "eager", False, 32, None)
     state = {k: v.clone() for k, v in ref.state_dict().items()}
-    x = torch.randn(args.batch, 1, 32, 32, generator=torch.Generator().manual_seed(1))
-    models = {p: build(args.student, args.T, "eager", False, 32, state) for p in precs}
+    dev = torch.device(args.device)
+    x = torch.randn(args.batch, 1, 32, 32, generator=torch.Generator().manual_seed(1)).to(dev)
+    models = {p: build(args.student, args.T, "eager", False, 32, state).to(dev) for p in precs}
     opts = {p: torch.optim.SGD(models[p].parameters(), lr=1e-6, momentum=0.9) for p in precs}
     train = {p: [] for p in precs}
     evals = {p: [] for p in precs}
     for r in range(args.repeats + 1):  # round 0 is a warm-up
         for p in precs:
+            _sync(dev)
             t0 = time.perf_counter()
-            with autocast(p, "cpu"):
+            with autocast(p, dev.type):
                 step(models[p], opts[p], x)
+            _sync(dev)
             t1 = time.perf_counter()
-            with torch.no_grad(), autocast(p, "cpu", "eval"):
+            with torch.no_grad(), autocast(p, dev.type, "eval"):
                 models[p].eval()(x)
+            _sync(dev)
             models[p].train()
             if r:
                 train[p].append(t1 - t0)
                 evals[p].append(time.perf_counter() - t1)
     med = {p: statistics.median(v) for p, v in train.items()}
     med_e = {p: statistics.median(v) for p, v in evals.items()}
-    return {"machine": {"processor": platform.processor() or platform.machine(), "platform": platform.platform(),
-                        "torch": torch.__version__, "threads": torch.get_num_threads()},
+    return {"machine": _machine(dev),
             "student": args.student, "batch": args.batch, "T": args.T, "repeats": args.repeats,
             "train_median_s": med, "eval_median_s": med_e,
             "train_ratio_to_fp32": {p: med[p] / med[precs[0]] for p in precs},
@@ -249,9 +273,10 @@ def run_precision(args) -> dict:
 def precision_table(r: dict) -> str:
     m = r["machine"]
     first = next(iter(r["train_median_s"]))
-    lines = [f"spiking student under run.precision (variant A, CPU autocast): {r['student']}, batch {r['batch']}, "
+    lines = [f"spiking student under run.precision (variant A, autocast): {r['student']}, batch {r['batch']}, "
              f"T={r['T']}, median of {r['repeats']} interleaved rounds",
-             f"machine: {m['processor']} | {m['platform']} | torch {m['torch']} | threads {m['threads']}", "",
+             f"machine: {m['processor']} | {m['platform']} | torch {m['torch']} | threads {m['threads']}"
+             f" | device {m.get('device', 'cpu')}", "",
              f"{'precision':10} {'train step s':>13} {'x ' + first:>8} {'eval fwd s':>11} {'x ' + first:>8}"]
     for p in r["train_median_s"]:
         lines.append(f"{p:10} {r['train_median_s'][p]:13.3f} {r['train_ratio_to_fp32'][p]:8.2f} "
@@ -271,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--drift-steps", type=int, default=10,
                    help="SGD steps of the E vs D drift check (0: skip it)")
     p.add_argument("--json", metavar="OUT", default=None, help="also write the numbers as JSON")
+    p.add_argument("--device", default="cpu",
+                   help="where the steps run (cpu, cuda): timers wait for the device's queued kernels")
     p.add_argument("--precision", metavar="LIST", default=None,
                    help="compare run.precision values instead, e.g. fp32,bf16 (the first is the baseline)")
     args = p.parse_args(argv)
