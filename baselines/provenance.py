@@ -165,6 +165,9 @@ def _repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+#: environment variable naming the commit of a tree that travels without its own .git
+GIT_COMMIT_ENV = "DFKD_GIT_COMMIT"
+
 #: top-level directories of a checkout that hold benchmark outputs, not code
 OUTPUT_DIRS = ("results", "runs")
 
@@ -177,7 +180,14 @@ def git_commit(path: str | os.PathLike | None = None) -> str | None:
 
     The checkout must be the one holding this package: a site-packages directory that
     happens to lie inside some other repository (a ``.venv`` in a checkout) does not count.
+
+    ``$DFKD_GIT_COMMIT``, when set, is returned as is for this package's own checkout
+    (``path`` None): a copy of the tree sent to another machine may carry no ``.git``, or a
+    stale one (the GPU session's copy reported the previous commit, "-dirty"), so the sender
+    names the commit (``scripts/gpu-session.sh`` reads it from ``.gpu/COMMIT``).
     """
+    if path is None and os.environ.get(GIT_COMMIT_ENV):
+        return os.environ[GIT_COMMIT_ENV].strip()
     root = Path(path) if path is not None else _repo_root()
 
     def git(*args: str) -> str | None:
@@ -231,5 +241,5 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-__all__ = ["set_seed", "rng_state", "set_rng_state", "PrivateStream", "deterministic_algorithms", "preserve_rng", "pick_device", "git_commit", "package_versions",
+__all__ = ["set_seed", "rng_state", "set_rng_state", "PrivateStream", "deterministic_algorithms", "preserve_rng", "pick_device", "git_commit", "GIT_COMMIT_ENV", "package_versions",
            "peak_rss_mb", "now_iso", "TRACKED_PACKAGES"]

@@ -13,7 +13,8 @@
 #                    zcat $f | xz -9 > .gpu/data/$b.xz; done
 #   .gpu/cache/    teacher cache (DFKD_CACHE layout) holding the CPU evidence teacher
 #                  (teachers/fashion-mnist-28/smallcnn-*), so the small pair uses the same one
-#   .gpu/COMMIT    `git rev-parse HEAD` (the copy sent to the device has no .git)
+#   .gpu/COMMIT    `git rev-parse HEAD` (the copy sent to the device carries a stale .git;
+#                  exported as DFKD_GIT_COMMIT, which the rows record)
 # Every output goes to $WORK and is packed into $OUT/results.tgz at the end (the device tool
 # returns at most 8 files from $OUT). The bench output directories start from the committed
 # results/stars-ablation-gpu and results/resnet18-gpu, so each session resumes where the last
@@ -47,7 +48,7 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     || { log "install failed"; pack; exit 3; }
   export PYTHONPATH="$PWD:/tmp/site"
 fi
-cp .gpu/COMMIT "$W/" 2>/dev/null
+cp .gpu/COMMIT "$W/" 2>/dev/null && export DFKD_GIT_COMMIT="$(cat .gpu/COMMIT)"  # rows record it
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   $PY -c "import torch, torchvision, spikingjelly; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.cuda.is_available())"
   $PY -m benchmarks.cli --help | head -3; nproc; } > "$W/gpu.txt" 2>&1

@@ -366,3 +366,16 @@ def test_git_commit_is_dirty_for_code_changes_not_for_benchmark_outputs(tmp_path
     assert git_commit(tmp_path) == head
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_commit(tmp_path) == f"{head}-dirty"
+
+
+def test_a_tree_sent_without_its_git_records_the_commit_its_sender_names(monkeypatch, tmp_path):
+    """On the GPU the tree's copy carried a stale .git: rows said the previous commit,
+    "-dirty". The sender's $DFKD_GIT_COMMIT is what this package's own rows record; an
+    explicit path (another checkout) is still read from its git."""
+    from baselines.provenance import GIT_COMMIT_ENV, git_commit
+
+    monkeypatch.setenv(GIT_COMMIT_ENV, "d6d9627abc\n")
+    assert git_commit() == "d6d9627abc"
+    assert git_commit(tmp_path) is None  # not a checkout: the variable does not speak for it
+    monkeypatch.delenv(GIT_COMMIT_ENV)
+    assert git_commit() != "d6d9627abc"
