@@ -194,10 +194,14 @@ class JobHooks:
 def save_samples(synth: Any, path: str, n: int = 32, nrow: int = 8) -> str | None:
     """Write the last ``n`` images of the synthesizer's pool (the latest synthesized, or the
     real images it served) as a PNG grid, sorted by target class; None if the pool is
-    empty. Uses no random numbers, so it never changes a run's results."""
+    empty. One-channel images are written as a grayscale PNG (half the bytes of the RGB grid
+    ``torchvision.utils.save_image`` writes: the grids are committed under results/, and the
+    tree travels to a lent GPU within 64 MiB). Uses no random numbers, so it never changes a
+    run's results."""
     import os
 
-    from torchvision.utils import save_image
+    from PIL import Image
+    from torchvision.utils import make_grid
 
     pool = getattr(synth, "pool", None)
     if pool is None or len(pool) == 0:
@@ -206,7 +210,11 @@ def save_samples(synth: Any, path: str, n: int = 32, nrow: int = 8) -> str | Non
     x, y = x[-n:], y[-n:]
     order = torch.argsort(y, stable=True)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    save_image(x[order].float().div(255.0), path, nrow=nrow, padding=1)
+    grid = make_grid(x[order].float().div(255.0), nrow=nrow, padding=1)  # [3, H, W]
+    if x.shape[1] == 1:
+        grid = grid[:1]  # make_grid repeats one channel three times
+    pixels = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to("cpu", torch.uint8).numpy()
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(path)
     return path
 
 

@@ -136,7 +136,7 @@ def plot_samples(df: pd.DataFrame, out: Path, path: Path) -> Path | None:
     for ax in axes.flat:
         ax.axis("off")
     for ax, ((ds, pair, s, r), p) in zip(axes.flat, tiles):
-        ax.imshow(plt.imread(str(p)), cmap="gray")
+        ax.imshow(plt.imread(str(p)), cmap="gray", vmin=0.0, vmax=1.0)  # grayscale grids: no stretch
         ax.set_title(f"{s}{'+' + r if r != 'none' else ''}\n{ds} {pair}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

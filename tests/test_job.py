@@ -332,8 +332,14 @@ def test_save_samples_uses_no_random_numbers_and_sorts_by_class(tmp_path):
     path = save_samples(_Synth, str(tmp_path / "s.png"), n=5, nrow=5)
     assert torch.equal(state, torch.get_rng_state())
     with Image.open(path) as im:
-        px = [im.convert("L").getpixel((1 + k * 5, 1)) for k in range(5)]
+        assert im.mode == "L"  # one-channel images: a grayscale file, not an RGB copy of it
+        px = [im.getpixel((1 + k * 5, 1)) for k in range(5)]
     assert px == [150, 50, 200, 0, 100]  # class order 0, 1, 2, 3, 4 -> images 3, 1, 4, 0, 2 (x50)
+    rgb = ImagePool()
+    colour = torch.tensor([0.0, 120.0, 240.0]).view(3, 1, 1).expand(3, 4, 4)
+    rgb.add(torch.stack([torch.full((3, 4, 4), 30.0), colour]) / 255, torch.tensor([1, 0]))
+    with Image.open(save_samples(type("RGB", (), {"pool": rgb}), str(tmp_path / "c.png"), n=2, nrow=2)) as im:
+        assert im.mode == "RGB" and im.getpixel((1, 1)) == (0, 120, 240)  # class 0 first, colours kept
     assert save_samples(type("Empty", (), {"pool": ImagePool()}), str(tmp_path / "e.png")) is None
 
 
