@@ -8,7 +8,7 @@
 #   .whl-tune/ (only for `dfkd tune` runs; dfkd bench does not import optuna) optuna alembic
 #           colorlog Mako SQLAlchemy greenlet, downloaded the same way
 #   .gpu/data/     the four Fashion-MNIST IDX files, xz-compressed (the device call carries at most
-#                  64 MiB: tracked tree ~31 MB + wheels ~1.5 MB + data 26.6 MB as .xz, 30.7 as .gz):
+#                  64 MiB: tracked tree ~27 MB + wheels ~1.5 MB + data 26.6 MB as .xz, 30.7 as .gz):
 #                  for f in /usr/share/datasets/fashion-mnist/*.gz; do b=$(basename $f .gz);
 #                    zcat $f | xz -9 > .gpu/data/$b.xz; done
 #   .gpu/cache/    teacher cache (DFKD_CACHE layout) holding the CPU evidence teacher
