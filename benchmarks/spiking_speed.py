@@ -2,7 +2,12 @@
 
     python -m benchmarks.spiking_speed [--threads 1] [--batch 64] [--T 4] [--repeats 7]
                                        [--student spiking_smallcnn] [--candidates] [--json OUT]
+                                       [--device cpu|cuda]
     python -m benchmarks.spiking_speed --precision fp32,bf16 [...]   # run.precision instead
+On ``--device cuda`` the timers wait for the device's queued kernels, and the compiled neuron
+backends (a CPU path) fall back to SpikingJelly's own CUDA kernels, so B-F differ from A only
+in the stem, the input size and the convolutions' memory layout (H200, session 9: all within
+10% of A's 7 ms: a launch-bound step).
 
 A step = forward + KD-style backward (sum of squared logits) + SGD step, on random
 normalized images. Variants (same weights, copied from A):
