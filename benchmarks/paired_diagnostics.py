@@ -24,8 +24,7 @@ import pandas as pd
 
 from .frame import NONE, REFERENCE_SYNTHS, set_label
 from .rows import ResultRow
-from .stats import pearson
-from .stats import md_table
+from .stats import md_table, pearson
 from .store import read_rows, treatment_of
 
 

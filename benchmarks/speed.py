@@ -41,8 +41,10 @@ def _synth_cfg(name: str, batch_size: int, steps: int) -> dict:
     return cfg
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
+def sync(device: torch.device | str) -> None:
+    """Wait for the device's queued kernels, so that wall-clock timers measure the work
+    (CUDA runs asynchronously); nothing on the CPU."""
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
 
 
@@ -59,10 +61,10 @@ def measure(synth_name: str, teacher, student, spec: DataSpec, reg_name: str, ba
     parts: dict[str, dict[str, list[float]]] = {"bare": {}, "with": {}}
     for _ in range(repeats):
         for inst, times, tag in ((bare, t_bare, "bare"), (wrapped, t_wrapped, "with")):
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             res = inst.synthesize()
-            _sync(device)
+            sync(device)
             times.append(time.perf_counter() - t0)
             for k, v in res.timing.items():
                 parts[tag].setdefault(k, []).append(v)

@@ -44,6 +44,8 @@ import time
 
 import torch
 
+from .speed import sync
+
 VARIANTS = {  # name: (neuron_backend, encode_once, image size, label)
     "A": ("eager", False, 32, "eager, stem x T, 32x32 (today)"),
     "B": ("compiled", True, 32, "compiled + encode_once, 32x32"),
@@ -101,12 +103,6 @@ class WholeModel(torch.nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.body(self.model, x)
-
-
-def _sync(device) -> None:
-    """Wait for queued kernels so wall-clock timers measure the work (CUDA runs asynchronously)."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def step(model, opt, x, y=None) -> None:
@@ -174,19 +170,19 @@ def run(args) -> dict:
     equal = spike_diff(models["A"], models["B"], x32)[0] == 0
     e_vs_d = spike_diff(models["D"], models["E"], x28)
     for k in variants:  # warm-up step (compile / cache load): timed apart
-        _sync(dev)
+        sync(dev)
         t0 = time.perf_counter()
         step(models[k], opts[k], inputs[k])
-        _sync(dev)
+        sync(dev)
         warm[k] = time.perf_counter() - t0
     graphs = counters["stats"]["unique_graphs"]
     times = {k: [] for k in variants}
     for _ in range(args.repeats):
         for k in variants:
-            _sync(dev)
+            sync(dev)
             t0 = time.perf_counter()
             step(models[k], opts[k], inputs[k])
-            _sync(dev)
+            sync(dev)
             times[k].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = drift(args.student, args.T, 28, args.batch, args.drift_steps) if args.drift_steps else []
@@ -215,7 +211,7 @@ def table(r: dict) -> str:
     lines = [f"spiking student step (fwd + bwd + SGD): {r['student']}, batch {r['batch']}, T={r['T']}, "
              f"median of {r['repeats']} interleaved rounds",
              f"machine: {m['processor']} | {m['platform']} | torch {m['torch']} | threads {m['threads']}"
-             f" | device {m.get('device', 'cpu')}",
+             f" | device {m['device']}",
              "",
              f"{'':2} {'variant':34} {'median s':>9} {'x A':>6} {'A / x':>6} {'first step s':>13}"]
     for k, label in r["labels"].items():
@@ -253,15 +249,15 @@ def run_precision(args) -> dict:
     evals = {p: [] for p in precs}
     for r in range(args.repeats + 1):  # round 0 is a warm-up
         for p in precs:
-            _sync(dev)
+            sync(dev)
             t0 = time.perf_counter()
             with autocast(p, dev.type):
                 step(models[p], opts[p], x)
-            _sync(dev)
+            sync(dev)
             t1 = time.perf_counter()
             with torch.no_grad(), autocast(p, dev.type, "eval"):
                 models[p].eval()(x)
-            _sync(dev)
+            sync(dev)
             models[p].train()
             if r:
                 train[p].append(t1 - t0)
@@ -281,7 +277,7 @@ def precision_table(r: dict) -> str:
     lines = [f"spiking student under run.precision (variant A, autocast): {r['student']}, batch {r['batch']}, "
              f"T={r['T']}, median of {r['repeats']} interleaved rounds",
              f"machine: {m['processor']} | {m['platform']} | torch {m['torch']} | threads {m['threads']}"
-             f" | device {m.get('device', 'cpu')}", "",
+             f" | device {m['device']}", "",
              f"{'precision':10} {'train step s':>13} {'x ' + first:>8} {'eval fwd s':>11} {'x ' + first:>8}"]
     for p in r["train_median_s"]:
         lines.append(f"{p:10} {r['train_median_s'][p]:13.3f} {r['train_ratio_to_fp32'][p]:8.2f} "

@@ -35,7 +35,8 @@ if ls .gpu/data/*.xz > /dev/null 2>&1; then  # xz-compressed IDX files: unpack o
   mkdir -p "$W/.data"; for f in .gpu/data/*.xz; do xz -dc "$f" > "$W/.data/$(basename "$f" .xz)"; done
   export DFKD_DATA_ROOT="$W/.data"
 fi
-for d in stars-ablation-gpu resnet18-gpu; do [ -d "results/$d" ] && cp -r "results/$d" "$W/"; done
+TABLES="stars-ablation-gpu resnet18-gpu"  # output directories under results/, resumed and sent back
+for d in $TABLES; do [ -d "results/$d" ] && cp -r "results/$d" "$W/"; done
 PY=${PY:-python3}
 left() { echo $(( T0 + BUDGET - $(date +%s) )); }
 cap() { local v=$(( $(left) - ${1:-0} )); [ "$v" -lt 10 ] && v=10; echo "$v"; }  # seconds left minus $1
@@ -82,8 +83,8 @@ fi
 wait
 log "all streams done"
 cp "${DFKD_CACHE}"/teachers/fashion-mnist*/*.json "$W/" 2>/dev/null
-for d in "$W"/resnet18-gpu "$W"/stars-ablation-gpu; do
-  [ -d "$d" ] && echo "$(basename "$d"): $(ls "$d"/rows 2>/dev/null | wc -l) rows"
+for d in $TABLES; do
+  [ -d "$W/$d" ] && echo "$d: $(ls "$W/$d"/rows 2>/dev/null | wc -l) rows"
 done | tee -a "$W/session.log"
 pack
 log "packed"
