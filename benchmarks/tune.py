@@ -292,6 +292,8 @@ def run_one(plan: TunePlan, study: optuna.Study, trial: optuna.Trial) -> TrialSt
     with Heartbeat(study, trial, plan.spec.heartbeat_interval):
         try:
             params = plan.space.suggest(trial)
+            done = _counts(study.get_trials(deepcopy=False))["done"]
+            _log(f"trial {trial.number} started ({done}/{plan.spec.trials} done) params={params}")
             cfg = plan.resolve(apply_params(plan.base, plan.space.decode(params), plan.home))
             row = plan.run_trial(cfg, on_eval) or {}
             value = row.get(metric)
