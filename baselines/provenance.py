@@ -7,6 +7,7 @@ algorithms on CPU, where a fixed seed then gives identical numbers).
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import importlib.metadata as md
 import os
 import platform
@@ -229,6 +230,19 @@ def package_versions() -> dict[str, Any]:
     return out
 
 
+def weights_digest(model: torch.nn.Module, length: int = 16) -> str:
+    """SHA-256 (first ``length`` hex digits) of a model's state dict: every entry's name, dtype,
+    shape and bytes, in name order. Two rows with one digest used bit-identical weights,
+    whatever the checkpoint's path or file format; a teacher retrained on a GPU (not
+    bit-reproducible) gets another digest even under the same path and seed."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:length]
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB (``getrusage`` ru_maxrss)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -241,5 +255,5 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-__all__ = ["set_seed", "rng_state", "set_rng_state", "PrivateStream", "deterministic_algorithms", "preserve_rng", "pick_device", "git_commit", "GIT_COMMIT_ENV", "package_versions",
+__all__ = ["weights_digest", "set_seed", "rng_state", "set_rng_state", "PrivateStream", "deterministic_algorithms", "preserve_rng", "pick_device", "git_commit", "GIT_COMMIT_ENV", "package_versions",
            "peak_rss_mb", "now_iso", "TRACKED_PACKAGES"]

@@ -25,6 +25,9 @@ def run(args: argparse.Namespace) -> int:
     if paths.get("mixed"):
         print(f"warning: {len(paths['mixed'])} row(s) share a cell and a seed with a different config and are "
               f"averaged together: {', '.join(paths['mixed'])}; see the leaderboard's warning.", file=sys.stderr)
+    if paths.get("teachers"):
+        print(f"warning: rows of {', '.join(paths['teachers'])} used more than one teacher; differences across "
+              "them measure the teachers too; see the leaderboard's warning.", file=sys.stderr)
     bad = paths.get("corrupt") or []
     if bad:
         print(f"error: {len(bad)} row file(s) are corrupt (truncated or not JSON) and were left out of the report: "

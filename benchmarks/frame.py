@@ -28,7 +28,7 @@ NUMERIC = ("T", "seed", "teacher_acc", "student_acc", "student_acc_best", "val_a
            "synth_s_per_image", "peak_rss_mb", "job_seconds", "epochs", "kd_steps", "synth_batches",
            "batch_size", "train_subset", "test_subset") + TIMING_COLUMNS
 COLUMNS = ("job_id", "label", "dataset", "teacher", "student", "pair", "T", "synthesizer", "regularizers",
-           "seed", "status", "error", "teacher_acc", "student_acc", "student_acc_best", "val_acc", "agreement",
+           "seed", "status", "error", "teacher_acc", "teacher_digest", "student_acc", "student_acc_best", "val_acc", "agreement",
            "firing_rate", "sops_per_image", "images_synthesized", "synthesis_seconds", "distill_seconds",
            "synth_s_per_image", "peak_rss_mb", "job_seconds", "device", "epochs", "kd_steps", "synth_batches",
            "batch_size", "train_subset", "test_subset", "git_commit", "config_hash", "grad_norms",

@@ -333,7 +333,7 @@ def run_job(cfg: dict[str, Any], out_dir: str | None = None,
         "T": run["T"], "neuron": run["neuron"], "synthesizer": run["synthesizer"],
         "synthesizer_params": cfg[run["synthesizer"]],
         "regularizers": [{"name": n, "params": cfg[n]} for n in run["regularizers"]],
-        "seed": run["seed"], "teacher_acc": None, "teacher_cached": None, "teacher_checkpoint": None,
+        "seed": run["seed"], "teacher_acc": None, "teacher_digest": None, "teacher_cached": None, "teacher_checkpoint": None,
         "teacher_seconds": None, "student_acc": None, "student_acc_best": None, "val_acc": None,
         "agreement": None, "firing_rate": None, "sops_per_image": None, "spiking": None,
         "images_synthesized": None, "synthesis_seconds": None, "distill_seconds": None,
@@ -392,6 +392,7 @@ def _compute(cfg: dict[str, Any], prep: Prepared, row: dict[str, Any],
              on_eval: Callable[[int, dict[str, Any]], None], out_dir: str | None, hooks: Any = None) -> None:
     from baselines.distill import distill, evaluate
     from baselines.health import divergence_flags, kd_loss_bound
+    from baselines.provenance import weights_digest
     from baselines.snn_metrics import measure_spiking
     from baselines.synthesizers.base import SynthesisSetup
 
@@ -408,6 +409,7 @@ def _compute(cfg: dict[str, Any], prep: Prepared, row: dict[str, Any],
     row.update(teacher_cached=tinfo.get("cached"), teacher_checkpoint=tinfo.get("checkpoint"),
                teacher_seconds=0.0 if tinfo.get("cached") or tinfo.get("user_checkpoint")
                else tinfo.get("train_seconds", time.perf_counter() - t0), teacher_import=tinfo.get("import"))
+    row["teacher_digest"] = weights_digest(teacher)  # which weights, not which file: see provenance
     row["teacher_acc"] = _nan_to_none(evaluate(teacher, *prep.test, spec, dcfg.eval_batch_size, device))
     student = prep.student.to(device)
     prep.regularizers.setup(teacher, student, spec)

@@ -275,6 +275,55 @@ def mixed_cells(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"job": m["label"], "id": m["job_id"], "accuracy": m["student_acc"].round(2)})
 
 
+#: Rows without a weights digest (made before rows recorded one) count as one teacher when
+#: their teacher accuracies span at most this many points (GPU evaluation is not
+#: bit-reproducible: the same weights scored 94.25 and 94.30 on one test subset).
+TEACHER_ACC_TOLERANCE = 0.1
+
+
+def _acc_clusters(acc: pd.Series) -> pd.Series:
+    """Each accuracy's cluster label ("94.25-94.30"): sorted values split where two neighbours
+    are more than TEACHER_ACC_TOLERANCE apart."""
+    vals = sorted(set(acc.dropna()))
+    groups: list[list[float]] = []
+    for v in vals:
+        if groups and v - groups[-1][-1] <= TEACHER_ACC_TOLERANCE:
+            groups[-1].append(v)
+        else:
+            groups.append([v])
+    name = {v: (f"{grp[0]:.2f}" if len(grp) == 1 else f"{grp[0]:.2f}-{grp[-1]:.2f}") + "% accuracy"
+            for grp in groups for v in grp}
+    return acc.map(lambda v: name.get(v, "(none recorded)"))
+
+
+def mixed_teachers(df: pd.DataFrame) -> pd.DataFrame:
+    """Pairs whose rows used more than one teacher: distinct ``teacher_digest`` values, or,
+    where some row has no digest, teacher accuracies spread over more than
+    :data:`TEACHER_ACC_TOLERANCE` points. A with/without difference across two teachers
+    measures the teachers too (a GPU teacher retrained in another session is another
+    teacher, even under the same path and seed)."""
+    ok = df[df["status"] == "ok"]
+    if not len(ok) or "teacher_digest" not in ok:
+        return pd.DataFrame()
+    out = []
+    for (ds, pair), g in ok.groupby(["dataset", "pair"], dropna=False, sort=True):
+        digests = g["teacher_digest"].dropna()
+        if digests.nunique() > 1:
+            by, key = "weights digest", g["teacher_digest"].fillna("(none recorded)")
+        elif g["teacher_digest"].isna().any():
+            acc = g["teacher_acc"].dropna()
+            if not len(acc) or acc.max() - acc.min() <= TEACHER_ACC_TOLERANCE:
+                continue
+            g = g[g["teacher_acc"].notna()]  # rows without a teacher (scratch) say nothing
+            by, key = "teacher accuracy", _acc_clusters(g["teacher_acc"])
+        else:
+            continue
+        for k, gk in g.groupby(key, sort=True):
+            out.append({"dataset": ds, "pair": pair, "told apart by": by, "teacher": k, "rows": len(gk),
+                        "seeds": ", ".join(str(int(x)) for x in sorted(set(gk["seed"].dropna())))})
+    return pd.DataFrame(out)
+
+
 def _section(heading: str, table: pd.DataFrame, caption: str) -> list[str]:
     """A markdown section (heading, caption, table), or nothing when the table is empty."""
     return [heading, "", caption, "", md_table(table), ""] if len(table) else []
@@ -297,6 +346,11 @@ def leaderboard_markdown(df: pd.DataFrame, title: str = "Leaderboard",
                 "(another config, e.g. a `--set` run copied into this directory); the tables below average "
                 "them as one cell. Move the rows of the other config to their own output directory.", "",
                 md_table(mixed), ""]
+    teachers = mixed_teachers(df)
+    if len(teachers):
+        out += ["**Warning: more than one teacher.** These pairs' rows used different teachers (another "
+                "checkpoint, or one retrained: GPU training is not bit-reproducible); a difference between two "
+                "rows made with different teachers measures the teachers too.", "", md_table(teachers), ""]
     for ds in sorted(set(df["dataset"].dropna())):
         out += [f"## {ds}", ""]
         t = summary_table(ok, ds, treat)
@@ -388,6 +442,8 @@ def write_report(out: str | Path, plots: bool = True) -> dict[str, Any]:
                  "their jobs:\n\n" + "".join(f"- `{p.relative_to(out)}`\n" for p in corrupt))
     (out / "leaderboard.md").write_text(text)
     paths["mixed"] = list(mixed["job"]) if len(mixed) else []
+    teachers = mixed_teachers(df)
+    paths["teachers"] = sorted(set(teachers["pair"])) if len(teachers) else []
     paths["leaderboard"] = out / "leaderboard.md"
     paths["corrupt"] = corrupt
     return paths

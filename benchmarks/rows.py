@@ -42,6 +42,7 @@ class ResultRow:
     error: str | None = None
     run_id: str | None = None
     teacher_acc: float | None = None
+    teacher_digest: str | None = None  # baselines.provenance.weights_digest of the teacher used
     student_acc: float | None = None
     student_acc_best: float | None = None
     val_acc: float | None = None

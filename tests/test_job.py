@@ -231,11 +231,29 @@ def test_same_seed_same_numbers_whether_teacher_is_trained_or_cached(env):
     first = run_job(cfg)  # trains this teacher
     second = run_job(cfg)  # reads it from the cache
     assert first["teacher_cached"] is False and second["teacher_cached"] is True
-    for key in ("teacher_acc", "student_acc", "student_acc_best", "synth_losses", "firing_rate", "sops_per_image"):
+    for key in ("teacher_acc", "teacher_digest", "student_acc", "student_acc_best", "synth_losses", "firing_rate", "sops_per_image"):
         assert first[key] == second[key], key
     assert [h["kd_loss"] for h in first["history"]] == [h["kd_loss"] for h in second["history"]]
     other = run_job(tiny(seed=8, train_subset=192))
     assert other["synth_losses"] != first["synth_losses"]
+    assert len(first["teacher_digest"]) == 16 and other["teacher_digest"] != first["teacher_digest"]
+
+
+def test_weights_digest_sees_one_ulp_and_nothing_but_the_weights():
+    from baselines.provenance import weights_digest
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    b = copy.deepcopy(a)
+    assert weights_digest(a) == weights_digest(b)
+    b.train()(torch.randn(2, 1, 5, 5))  # a forward in train mode moves BN's running stats: other state
+    assert weights_digest(a) != weights_digest(b)
+    c = copy.deepcopy(a)
+    with torch.no_grad():
+        w = c[0].weight.view(-1)
+        w[0] = torch.nextafter(w[0], torch.tensor(float("inf")))
+    assert weights_digest(a) != weights_digest(c)
+    assert weights_digest(copy.deepcopy(a).double()) != weights_digest(a)  # dtype is part of it
 
 
 def test_pruning_propagates_and_is_recorded(tmp_path):

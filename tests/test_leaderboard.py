@@ -330,3 +330,39 @@ def test_rows_of_another_config_in_a_cell_are_named_not_silently_averaged(tmp_pa
     mixed = lb.mixed_cells(lb.frame(synthetic_rows() + [other]))
     assert len(mixed) == 2 and set(mixed["job"]) == {other["job_label"]}
     assert "share a cell and a seed" in capsys.readouterr().err
+
+
+def test_rows_from_two_teachers_of_one_pair_are_flagged_by_digest_or_by_accuracy(tmp_path, capsys):
+    same = synthetic_rows()
+    for r in same:
+        r["teacher_digest"] = "aaaa"
+    assert len(lb.mixed_teachers(lb.frame(same))) == 0
+    md = lb.leaderboard_markdown(lb.frame(same))
+    assert "more than one teacher" not in md
+    # one seed's pair made with a retrained teacher: same name, path and seed, other weights
+    two = synthetic_rows()
+    for r in two:
+        r["teacher_digest"] = "bbbb" if r["seed"] == 2 and r["dataset"] == "fashion-mnist" else "aaaa"
+    t = lb.mixed_teachers(lb.frame(two))
+    assert set(t["teacher"]) == {"aaaa", "bbbb"} and set(t["told apart by"]) == {"weights digest"}
+    assert t.set_index("teacher").loc["bbbb", "seeds"] == "2"
+    assert set(t["dataset"]) == {"fashion-mnist"}  # the cifar10 pair has one teacher
+    assert "more than one teacher" in lb.leaderboard_markdown(lb.frame(two))
+    from benchmarks import cmd_report
+
+    write_rows(tmp_path, two)
+    assert cmd_report.main([str(tmp_path), "--no-plots"]) == 0
+    assert "more than one teacher" in (tmp_path / "leaderboard.md").read_text()
+    assert "used more than one teacher" in capsys.readouterr().err
+    # rows made before digests were recorded: told apart by teacher accuracy beyond the tolerance
+    old = synthetic_rows()
+    for r in old:
+        if r["seed"] == 2 and r.get("teacher_acc") is not None:
+            r["teacher_acc"] = 90.0 + 2 * lb.TEACHER_ACC_TOLERANCE
+    t = lb.mixed_teachers(lb.frame(old))
+    assert set(t["told apart by"]) == {"teacher accuracy"} and len(t) == 2
+    # ... but not within it (one GPU teacher evaluated twice: 94.25 / 94.30 on one test subset)
+    for r in old:
+        if r["seed"] == 2 and r.get("teacher_acc") is not None:
+            r["teacher_acc"] = 90.0 + lb.TEACHER_ACC_TOLERANCE / 2
+    assert len(lb.mixed_teachers(lb.frame(old))) == 0
