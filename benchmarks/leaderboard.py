@@ -309,7 +309,8 @@ def mixed_teachers(df: pd.DataFrame) -> pd.DataFrame:
     for (ds, pair), g in ok.groupby(["dataset", "pair"], dropna=False, sort=True):
         digests = g["teacher_digest"].dropna()
         if digests.nunique() > 1:
-            by, key = "weights digest", g["teacher_digest"].fillna("(none recorded)")
+            g = g[g["teacher_digest"].notna()]
+            by, key = "weights digest", g["teacher_digest"]
         elif g["teacher_digest"].isna().any():
             acc = g["teacher_acc"].dropna()
             if not len(acc) or acc.max() - acc.min() <= TEACHER_ACC_TOLERANCE:
