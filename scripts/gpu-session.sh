@@ -10,7 +10,7 @@
 #           (SQLAlchemy, alembic, Mako, greenlet: 6 MB of the 64 MiB carry) is not needed:
 #           install optuna --no-deps (checked: `import optuna` and a journal study run without it)
 #   .gpu/data/     the four Fashion-MNIST IDX files, xz-compressed (the device call carries at most
-#                  64 MiB: tracked tree ~27 MB + wheels ~1.5 MB + data 26.6 MB as .xz, 30.7 as .gz):
+#                  64 MiB: tracked tree ~32 MB (session 10) + wheels ~2 MB + data 26.5 MB as .xz, 30.7 as .gz):
 #                  for f in /usr/share/datasets/fashion-mnist/*.gz; do b=$(basename $f .gz);
 #                    zcat $f | xz -9 > .gpu/data/$b.xz; done
 #   .gpu/cache/    teacher cache (DFKD_CACHE layout) holding the CPU evidence teacher
