@@ -282,41 +282,38 @@ TEACHER_ACC_TOLERANCE = 0.1
 
 
 def _acc_clusters(acc: pd.Series) -> pd.Series:
-    """Each accuracy's cluster label ("94.25-94.30"): sorted values split where two neighbours
-    are more than TEACHER_ACC_TOLERANCE apart."""
-    vals = sorted(set(acc.dropna()))
+    """Each accuracy's cluster label ("94.25-94.30% accuracy"): sorted values split where two
+    neighbours are more than TEACHER_ACC_TOLERANCE apart (``acc`` without missing values)."""
     groups: list[list[float]] = []
-    for v in vals:
+    for v in sorted(set(acc)):
         if groups and v - groups[-1][-1] <= TEACHER_ACC_TOLERANCE:
             groups[-1].append(v)
         else:
             groups.append([v])
     name = {v: (f"{grp[0]:.2f}" if len(grp) == 1 else f"{grp[0]:.2f}-{grp[-1]:.2f}") + "% accuracy"
             for grp in groups for v in grp}
-    return acc.map(lambda v: name.get(v, "(none recorded)"))
+    return acc.map(name)
 
 
 def mixed_teachers(df: pd.DataFrame) -> pd.DataFrame:
     """Pairs whose rows used more than one teacher: distinct ``teacher_digest`` values, or,
-    where some row has no digest, teacher accuracies spread over more than
-    :data:`TEACHER_ACC_TOLERANCE` points. A with/without difference across two teachers
-    measures the teachers too (a GPU teacher retrained in another session is another
+    where some row has no digest, teacher accuracies in more than one cluster
+    (:func:`_acc_clusters`: neighbours more than :data:`TEACHER_ACC_TOLERANCE` points apart).
+    A with/without difference across two teachers measures the teachers too (a GPU teacher retrained in another session is another
     teacher, even under the same path and seed)."""
     ok = df[df["status"] == "ok"]
     if not len(ok) or "teacher_digest" not in ok:
         return pd.DataFrame()
     out = []
     for (ds, pair), g in ok.groupby(["dataset", "pair"], dropna=False, sort=True):
-        digests = g["teacher_digest"].dropna()
-        if digests.nunique() > 1:
+        if g["teacher_digest"].nunique() > 1:  # nunique skips rows without a digest
             g = g[g["teacher_digest"].notna()]
             by, key = "weights digest", g["teacher_digest"]
         elif g["teacher_digest"].isna().any():
-            acc = g["teacher_acc"].dropna()
-            if not len(acc) or acc.max() - acc.min() <= TEACHER_ACC_TOLERANCE:
-                continue
             g = g[g["teacher_acc"].notna()]  # rows without a teacher (scratch) say nothing
             by, key = "teacher accuracy", _acc_clusters(g["teacher_acc"])
+            if key.nunique() < 2:
+                continue
         else:
             continue
         for k, gk in g.groupby(key, sort=True):
@@ -332,7 +329,7 @@ def _section(heading: str, table: pd.DataFrame, caption: str) -> list[str]:
 
 def leaderboard_markdown(df: pd.DataFrame, title: str = "Leaderboard",
                          plots: dict[str, str] | None = None, notes: Iterable[str] = (),
-                         mixed: pd.DataFrame | None = None) -> str:
+                         mixed: pd.DataFrame | None = None, teachers: pd.DataFrame | None = None) -> str:
     ok = df[df["status"] == "ok"]
     treat = treatment_label(df) or "treatment"
     out = [f"# {title}", "",
@@ -347,7 +344,7 @@ def leaderboard_markdown(df: pd.DataFrame, title: str = "Leaderboard",
                 "(another config, e.g. a `--set` run copied into this directory); the tables below average "
                 "them as one cell. Move the rows of the other config to their own output directory.", "",
                 md_table(mixed), ""]
-    teachers = mixed_teachers(df)
+    teachers = mixed_teachers(df) if teachers is None else teachers
     if len(teachers):
         out += ["**Warning: more than one teacher.** These pairs' rows used different teachers (another "
                 "checkpoint, or one retrained: GPU training is not bit-reproducible); a difference between two "
@@ -435,15 +432,14 @@ def write_report(out: str | Path, plots: bool = True) -> dict[str, Any]:
     man = read_manifest(out) or {}
     name = man.get("preset", {}).get("name")
     title = f"Leaderboard: {name}" if name else "Leaderboard"
-    mixed = mixed_cells(df)
-    text = leaderboard_markdown(df, title, plot_paths, notes, mixed)
+    mixed, teachers = mixed_cells(df), mixed_teachers(df)
+    text = leaderboard_markdown(df, title, plot_paths, notes, mixed, teachers)
     if corrupt:
         text += (f"\n## Corrupt row files\n\n{len(corrupt)} row file(s) could not be read (truncated or not "
                  "JSON) and are not in the tables above; re-running the same `dfkd bench` command recomputes "
                  "their jobs:\n\n" + "".join(f"- `{p.relative_to(out)}`\n" for p in corrupt))
     (out / "leaderboard.md").write_text(text)
     paths["mixed"] = list(mixed["job"]) if len(mixed) else []
-    teachers = mixed_teachers(df)
     paths["teachers"] = sorted(set(teachers["pair"])) if len(teachers) else []
     paths["leaderboard"] = out / "leaderboard.md"
     paths["corrupt"] = corrupt

@@ -115,7 +115,7 @@ if has tune; then
   # the study (seed 0, validation accuracy), then the tuned arm on seeds 5-9
   ( timeout $(cap 10) $DFKD tune --preset "$TUNE_PRESET" --synthesizer cmi --trials "${TUNE_TRIALS:-32}" \
       --workers "${TUNE_WORKERS:-8}" --timeout $(cap "${TUNE_TAIL:-300}") --no-test --out "$W/tune-cmi-gpu" \
-      --set run.device="$DEV" run.neuron_backend=eager ${TUNE_SET:-} > "$W/tune_cmi.log" 2>&1
+      "${ON_DEV[@]}" "${EXTRA[@]}" > "$W/tune_cmi.log" 2>&1  # tune's --set extends, like bench's
     log "tune done: $(grep -c '' "$W/tune-cmi-gpu/best_params.toml" 2>/dev/null) lines of best_params.toml"
     if [ -f "$W/tune-cmi-gpu/best_params.toml" ]; then
       timeout $(cap 10) $DFKD bench --preset "$W/fresh-seeds.toml" --only '*/cmi+stars/seed*' \
