@@ -28,6 +28,9 @@ def run(args: argparse.Namespace) -> int:
     if paths.get("teachers"):
         print(f"warning: rows of {', '.join(paths['teachers'])} used more than one teacher; differences across "
               "them measure the teachers too; see the leaderboard's warning.", file=sys.stderr)
+    if paths.get("hosts"):
+        print(f"warning: rows of {', '.join(paths['hosts'])} come from more than one machine; differences across "
+              "them measure the machines too; see the leaderboard's warning.", file=sys.stderr)
     bad = paths.get("corrupt") or []
     if bad:
         print(f"error: {len(bad)} row file(s) are corrupt (truncated or not JSON) and were left out of the report: "

@@ -18,6 +18,7 @@ import pandas as pd
 from baselines.errors import DFKDError
 
 from .frame import by_seed as _by_seed, frame, load_rows
+from .leaderboard import mixed_hosts
 from .stats import diff_ci, fmt_diff, fmt_ms, md_table, mean_std
 from .store import treatment_of
 
@@ -70,13 +71,18 @@ def compare_dirs(a_dir: str, b_dir: str, label_a: str = "A", label_b: str = "B",
                  across_regularizers: bool = False) -> int:
     """Print (and optionally write) the comparison table; 0 if any cell matched, else 1.
     A directory without rows is a DFKDError (exit 2 through the CLI)."""
-    table = compare(ok_frame(a_dir), ok_frame(b_dir), label_a, label_b, regularizers,
-                    across_regularizers)
+    fa, fb = ok_frame(a_dir), ok_frame(b_dir)
+    table = compare(fa, fb, label_a, label_b, regularizers, across_regularizers)
     if table.empty:
         print(f"no cell (dataset, pair, synthesizer, regularizers) has ok rows in both {a_dir} and {b_dir}")
         return 1
     text = (f"{label_b} ({b_dir}) against {label_a} ({a_dir}); student accuracy (%), "
             f"mean ± std over seeds, difference paired by seed.\n\n" + md_table(table) + "\n")
+    hosts = mixed_hosts(pd.concat([fa, fb], ignore_index=True))
+    if len(hosts):
+        text += ("\n**Warning: more than one machine.** The rows compared here were computed on different "
+                 "machines; the same seed gives the same numbers on one CPU model only, so a difference "
+                 "across them measures the machines too.\n\n" + md_table(hosts) + "\n")
     print(text)
     if out:
         Path(out).write_text(text)

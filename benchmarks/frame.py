@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from .jobs import job_label, teacher_key
-from .rows import ResultRow, as_row
+from .rows import ResultRow, as_row, host_of
 from .stats import _finite, mean_std
 from .store import read_rows
 
@@ -32,7 +32,7 @@ COLUMNS = ("job_id", "label", "dataset", "teacher", "student", "pair", "T", "syn
            "firing_rate", "sops_per_image", "images_synthesized", "synthesis_seconds", "distill_seconds",
            "synth_s_per_image", "peak_rss_mb", "job_seconds", "device", "epochs", "kd_steps", "synth_batches",
            "batch_size", "train_subset", "test_subset", "git_commit", "config_hash", "grad_norms",
-           "teacher_key", "precision", "flags") + TIMING_COLUMNS
+           "teacher_key", "precision", "flags", "host") + TIMING_COLUMNS
 
 
 
@@ -68,6 +68,7 @@ def frame(rows: Iterable[ResultRow | dict[str, Any]], treatment: Iterable[str] |
                    train_subset=run.get("train_subset"), test_subset=run.get("test_subset"),
                    teacher_key="|".join(map(str, teacher_key({"dataset": r.dataset, "teacher": r.teacher, **run,
                                                               "seed": run.get("seed", r.seed)}))))
+        rec["host"] = host_of(r)
         flags = r.get("flags")
         rec["flags"] = "; ".join(map(str, flags)) if isinstance(flags, list) else flags or None
         timing = r.synth_timing if isinstance(r.synth_timing, dict) else {}

@@ -322,6 +322,23 @@ def mixed_teachers(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def mixed_hosts(df: pd.DataFrame) -> pd.DataFrame:
+    """Pairs whose rows come from more than one machine (:func:`benchmarks.frame.host_of`:
+    the CPU model and kernel instruction set, or the GPU). The same seed gives the same numbers
+    on one CPU model only, so a paired difference across two machines measures them too."""
+    ok = df[df["status"] == "ok"]
+    if not len(ok) or "host" not in ok:
+        return pd.DataFrame()
+    out = []
+    for (ds, pair), g in ok.groupby(["dataset", "pair"], dropna=False, sort=True):
+        if g["host"].nunique() < 2:
+            continue
+        for k, gk in g.groupby("host", sort=True):
+            out.append({"dataset": ds, "pair": pair, "machine": k, "rows": len(gk),
+                        "seeds": ", ".join(str(int(x)) for x in sorted(set(gk["seed"].dropna())))})
+    return pd.DataFrame(out)
+
+
 def _section(heading: str, table: pd.DataFrame, caption: str) -> list[str]:
     """A markdown section (heading, caption, table), or nothing when the table is empty."""
     return [heading, "", caption, "", md_table(table), ""] if len(table) else []
@@ -329,7 +346,8 @@ def _section(heading: str, table: pd.DataFrame, caption: str) -> list[str]:
 
 def leaderboard_markdown(df: pd.DataFrame, title: str = "Leaderboard",
                          plots: dict[str, str] | None = None, notes: Iterable[str] = (),
-                         mixed: pd.DataFrame | None = None, teachers: pd.DataFrame | None = None) -> str:
+                         mixed: pd.DataFrame | None = None, teachers: pd.DataFrame | None = None,
+                         hosts: pd.DataFrame | None = None) -> str:
     ok = df[df["status"] == "ok"]
     treat = treatment_label(df) or "treatment"
     out = [f"# {title}", "",
@@ -349,6 +367,12 @@ def leaderboard_markdown(df: pd.DataFrame, title: str = "Leaderboard",
         out += ["**Warning: more than one teacher.** These pairs' rows used different teachers (another "
                 "checkpoint, or one retrained: GPU training is not bit-reproducible); a difference between two "
                 "rows made with different teachers measures the teachers too.", "", md_table(teachers), ""]
+    hosts = mixed_hosts(df) if hosts is None else hosts
+    if len(hosts):
+        out += ["**Warning: more than one machine.** These pairs' rows were computed on different machines; "
+                "the same seed gives the same numbers on one CPU model only (its instruction set and caches "
+                "choose the kernels and the order of their sums), so a difference between rows of two machines "
+                "measures the machines too.", "", md_table(hosts), ""]
     for ds in sorted(set(df["dataset"].dropna())):
         out += [f"## {ds}", ""]
         t = summary_table(ok, ds, treat)
@@ -432,8 +456,8 @@ def write_report(out: str | Path, plots: bool = True) -> dict[str, Any]:
     man = read_manifest(out) or {}
     name = man.get("preset", {}).get("name")
     title = f"Leaderboard: {name}" if name else "Leaderboard"
-    mixed, teachers = mixed_cells(df), mixed_teachers(df)
-    text = leaderboard_markdown(df, title, plot_paths, notes, mixed, teachers)
+    mixed, teachers, hosts = mixed_cells(df), mixed_teachers(df), mixed_hosts(df)
+    text = leaderboard_markdown(df, title, plot_paths, notes, mixed, teachers, hosts)
     if corrupt:
         text += (f"\n## Corrupt row files\n\n{len(corrupt)} row file(s) could not be read (truncated or not "
                  "JSON) and are not in the tables above; re-running the same `dfkd bench` command recomputes "
@@ -441,6 +465,7 @@ def write_report(out: str | Path, plots: bool = True) -> dict[str, Any]:
     (out / "leaderboard.md").write_text(text)
     paths["mixed"] = list(mixed["job"]) if len(mixed) else []
     paths["teachers"] = sorted(set(teachers["pair"])) if len(teachers) else []
+    paths["hosts"] = sorted(set(hosts["pair"])) if len(hosts) else []
     paths["leaderboard"] = out / "leaderboard.md"
     paths["corrupt"] = corrupt
     return paths

@@ -188,3 +188,15 @@ def _field_names() -> frozenset[str]:
     if _FIELDS is None:
         _FIELDS = frozenset(f.name for f in dataclasses.fields(ResultRow))
     return _FIELDS
+
+
+def host_of(row: ResultRow | dict[str, Any]) -> str:
+    """The machine a row's numbers come from, as far as it decides them: the GPU's name for a
+    CUDA row, else the CPU (``versions.cpu``, :func:`baselines.provenance.cpu_identity`); rows
+    from before those were recorded say ``platform <versions.platform>``, the nearest thing
+    they hold (on the CPU rows of sessions 1-10 that string is one host kind's)."""
+    r = as_row(row)
+    v = r.versions if isinstance(r.versions, dict) else {}
+    on_gpu = str(r.device or "").startswith("cuda")
+    named = v.get("gpu") if on_gpu else v.get("cpu")
+    return str(named) if named else f"platform {v.get('platform')}"

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 from baselines.errors import ConfigError
 
-from .rows import ROWS_SCHEMA, ResultRow
+from .rows import ROWS_SCHEMA, ResultRow, host_of
 
 
 def atomic_write_json(path: str | Path, obj: Any, indent: int = 1, default=str) -> Path:
@@ -109,6 +109,37 @@ def code_version() -> dict[str, Any]:
     return {"version": version, "git_commit": git_commit()}
 
 
+def this_machine() -> dict[str, Any]:
+    """What :func:`benchmarks.rows.host_of` would say of a row computed here (CPU and GPU),
+    and this platform string (what older rows recorded instead)."""
+    import platform
+
+    import torch
+
+    from baselines.provenance import cpu_identity
+
+    return {"cpu": cpu_identity(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "platform": platform.platform(terse=True)}
+
+
+def other_machines(rows: Iterable[ResultRow]) -> list[str]:
+    """The machines (:func:`benchmarks.rows.host_of`) of the ok rows that were not computed on
+    this one. A row without the CPU / GPU record counts as this machine's when its platform
+    string is this one's (the most it can tell)."""
+    here = this_machine()
+    other: set[str] = set()
+    for r in rows:
+        if r.status != "ok":
+            continue
+        v = r.versions if isinstance(r.versions, dict) else {}
+        on_gpu = str(r.device or "").startswith("cuda")
+        named = v.get("gpu") if on_gpu else v.get("cpu")
+        same = named == here["gpu" if on_gpu else "cpu"] if named else v.get("platform") == here["platform"]
+        if not same:
+            other.add(host_of(r))
+    return sorted(other)
+
+
 def job_state(row: ResultRow | None) -> str:
     if row is None:
         return "pending"
@@ -155,6 +186,11 @@ def check_out_dir(out: str | Path, preset_name: str, job_ids: Iterable[str]) -> 
     if ver["git_commit"] and commits and ver["git_commit"] not in commits:
         warn.append(f"{out}: rows were produced at git commit(s) {', '.join(c[:10] for c in commits)}; "
                     f"this is {ver['git_commit'][:10]} (recorded in manifest.json and in each row).")
+    other = other_machines(rows.values())
+    if other:
+        warn.append(f"{out}: rows were computed on {'; '.join(other)}; this is {this_machine()['cpu']}. The same seed "
+                    "gives the same numbers on one CPU model only, so new rows here will not pair bit for bit with "
+                    "those (the leaderboard flags the mix); start another --out directory for this machine.")
     ids = set(job_ids)
     foreign = [jid for jid in rows if jid not in ids]
     if foreign:

@@ -7,11 +7,12 @@ import pytest
 from benchmarks import cmd_compare, compare
 
 
-def _write(out, synth, regs, accs, status="ok"):
+def _write(out, synth, regs, accs, status="ok", cpu=None):
     (out / "rows").mkdir(parents=True, exist_ok=True)
     for seed, acc in enumerate(accs):
         row = {"dataset": "toy", "teacher": "t", "student": "s", "synthesizer": synth,
-               "regularizers": regs, "seed": seed, "status": status, "student_acc": acc}
+               "regularizers": regs, "seed": seed, "status": status, "student_acc": acc,
+               "device": "cpu", "versions": {"cpu": cpu} if cpu else {}}
         (out / "rows" / f"{synth}-{'+'.join(regs) or 'none'}-{seed}.json").write_text(json.dumps(row))
 
 
@@ -51,3 +52,17 @@ def test_across_regularizers_pairs_a_stars_run_with_a_plain_one(tmp_path):
     _write(b, "cmi", [], [0.0, 0.0])  # two sets on one side: ambiguous
     with pytest.raises(compare.DFKDError, match="several regularizer sets"):
         compare.compare(compare.ok_frame(a), compare.ok_frame(b), across_regularizers=True)
+
+
+def test_a_comparison_across_two_machines_says_so(tmp_path, capsys):
+    """Default and tuned arms computed on two CPU models differ by the machines too: the
+    comparison carries a warning naming both; on one machine it does not."""
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    _write(a, "cmi", ["stars"], [10.0, 20.0], cpu="CPU A; kernels AVX2")
+    _write(b, "cmi", ["stars"], [12.0, 21.0], cpu="CPU A; kernels AVX2")
+    _write(c, "cmi", ["stars"], [12.0, 21.0], cpu="CPU B; kernels AVX512")
+    assert cmd_compare.main([str(a), str(b)]) == 0
+    assert "more than one machine" not in capsys.readouterr().out
+    assert cmd_compare.main([str(a), str(c)]) == 0
+    out = capsys.readouterr().out
+    assert "more than one machine" in out and "CPU A; kernels AVX2" in out and "CPU B; kernels AVX512" in out

@@ -309,6 +309,47 @@ def test_rows_record_the_thread_count_the_numbers_depend_on():
         torch.set_num_threads(before)
 
 
+def test_rows_record_the_cpu_the_numbers_depend_on(monkeypatch):
+    """The same seed gives other numbers on another CPU model (its instruction set and caches
+    choose the kernels), so rows record the CPU, the kernels' instruction set and any cap set
+    on it (a capped run is another machine for this purpose)."""
+    from baselines.provenance import cpu_identity, package_versions
+
+    for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS"):
+        monkeypatch.delenv(k, raising=False)
+    plain = cpu_identity()
+    assert package_versions()["cpu"] == plain
+    assert f"kernels {torch.backends.cpu.get_cpu_capability()}" in plain
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    capped = cpu_identity()
+    assert capped != plain and capped.endswith("ONEDNN_MAX_CPU_ISA=AVX2")
+
+
+def test_resuming_a_directory_of_another_machines_rows_warns(tmp_path):
+    """Rows computed on another CPU do not pair bit for bit with new ones: check_out_dir says
+    so (and names that machine) before any compute; rows of this machine, or older rows whose
+    platform string is this one's, raise no such warning."""
+    from baselines.provenance import cpu_identity, package_versions
+    from benchmarks.store import check_out_dir, this_machine, write_manifest, write_row
+
+    def put(out, jid, versions):
+        write_row(out / "rows", jid, {"job_id": jid, "status": "ok", "device": "cpu", "versions": versions,
+                                      "job_label": f"d/t:s/noise/{jid}"})
+        write_manifest(out, {"name": "p", "source": "x", "data": {}}, {jid: f"d/t:s/noise/{jid}"})
+
+    here = package_versions()
+    put(tmp_path / "same", "a1", here)
+    put(tmp_path / "old", "a2", {k: v for k, v in here.items() if k not in ("cpu", "gpu")})
+    assert not [w for w in check_out_dir(tmp_path / "same", "p", ["a1"]) if "computed on" in w]
+    assert not [w for w in check_out_dir(tmp_path / "old", "p", ["a2"]) if "computed on" in w]
+    put(tmp_path / "other", "a3", dict(here, cpu="Some CPU (family 1, model 2, stepping 3); kernels AVX2"))
+    warn = [w for w in check_out_dir(tmp_path / "other", "p", ["a3"]) if "computed on" in w]
+    assert len(warn) == 1 and "Some CPU (family 1" in warn[0] and cpu_identity() in warn[0]
+    assert this_machine()["cpu"] == cpu_identity()
+    put(tmp_path / "older", "a4", dict({k: v for k, v in here.items() if k != "cpu"}, platform="Linux-other"))
+    assert any("platform Linux-other" in w for w in check_out_dir(tmp_path / "older", "p", ["a4"]))
+
+
 def test_provenance_helpers(tmp_path):
     import random
 

@@ -366,3 +366,37 @@ def test_rows_from_two_teachers_of_one_pair_are_flagged_by_digest_or_by_accuracy
         if r["seed"] == 2 and r.get("teacher_acc") is not None:
             r["teacher_acc"] = 90.0 + lb.TEACHER_ACC_TOLERANCE / 2
     assert len(lb.mixed_teachers(lb.frame(old))) == 0
+
+
+def test_rows_from_two_machines_of_one_pair_are_flagged(tmp_path, capsys):
+    """A paired difference across two CPU models measures the machines too: the leaderboard and
+    `dfkd report` flag a pair whose rows name more than one machine, and not one whose rows
+    name one (or, for older rows, one platform string)."""
+    one = synthetic_rows()
+    for r in one:
+        r["versions"] = {"cpu": "CPU A; kernels AVX2", "platform": "p1"}
+    assert len(lb.mixed_hosts(lb.frame(one))) == 0
+    assert "more than one machine" not in lb.leaderboard_markdown(lb.frame(one))
+    two = synthetic_rows()
+    for r in two:
+        on_b = r["seed"] == 1 and r["dataset"] == "fashion-mnist"
+        r["versions"] = {"cpu": "CPU B; kernels AVX512" if on_b else "CPU A; kernels AVX2", "platform": "p1"}
+    h = lb.mixed_hosts(lb.frame(two))
+    assert set(h["machine"]) == {"CPU A; kernels AVX2", "CPU B; kernels AVX512"}
+    assert h.set_index("machine").loc["CPU B; kernels AVX512", "seeds"] == "1"
+    assert set(h["dataset"]) == {"fashion-mnist"}  # the cifar10 pair ran on one machine
+    assert "more than one machine" in lb.leaderboard_markdown(lb.frame(two))
+    # rows from before the CPU was recorded: their platform strings stand in for it
+    old = synthetic_rows()
+    for r in old:
+        r["versions"] = {"platform": "p2" if r["seed"] == 2 else "p1"}
+    assert set(lb.mixed_hosts(lb.frame(old))["machine"]) == {"platform p1", "platform p2"}
+    # a CUDA row is named by its GPU
+    gpu = row("cmi", [], 0, 70.0, device="cuda", versions={"cpu": "CPU A; kernels AVX2", "gpu": "NVIDIA H200"})
+    assert lb.frame([gpu])["host"].iloc[0] == "NVIDIA H200"
+    from benchmarks import cmd_report
+
+    write_rows(tmp_path, two)
+    assert cmd_report.main([str(tmp_path), "--no-plots"]) == 0
+    assert "more than one machine" in (tmp_path / "leaderboard.md").read_text()
+    assert "come from more than one machine" in capsys.readouterr().err
