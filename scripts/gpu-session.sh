@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What one lent GPU session runs (README "Results", GPU rows). Needs, in the repository root
-# (ignored by git through .git/info/exclude; name both in the device call's `carry`):
+# (ignored by git through .git/info/exclude; name them in the device call's `carry`), what
+# `bash scripts/gpu-prep.sh` builds in a fresh checkout (a fresh checkout has none of it):
 #   .whl/   wheels the GPU image lacks, for its Python 3.12, and this project's own wheel:
 #           pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #             --platform manylinux_2_28_x86_64 --platform any -d .whl spikingjelly==2.0.0 loguru SciencePlots
