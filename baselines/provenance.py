@@ -245,7 +245,7 @@ def cpu_identity() -> str:
     On a CPU the same seed gives the same numbers on the same CPU model only: the instruction
     set and the cache sizes pick oneDNN's and MKL's kernels and blockings, hence the order of
     the sums. Measured (smallcnn teacher, fashion-mnist-28, 5 epochs, seed 0, one thread, the
-    same wheels): 90.55% on the AVX2 EPYC of sessions 1-10, 90.53% on an AVX-512 EPYC
+    same wheels): 90.55% on the AVX2 EPYC of sessions 3-10, 90.53% on an AVX-512 EPYC
     (family 25, model 17), 90.62% on that one with its kernels capped at AVX2; so a cap does
     not make two CPU models agree, and rows record the CPU instead."""
     fields: dict[str, str] = {}

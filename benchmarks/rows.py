@@ -194,7 +194,7 @@ def host_of(row: ResultRow | dict[str, Any]) -> str:
     """The machine a row's numbers come from, as far as it decides them: the GPU's name for a
     CUDA row, else the CPU (``versions.cpu``, :func:`baselines.provenance.cpu_identity`); rows
     from before those were recorded say ``platform <versions.platform>``, the nearest thing
-    they hold (on the CPU rows of sessions 1-10 that string is one host kind's)."""
+    they hold (on the CPU rows of sessions 3-10 that string is one host kind's)."""
     r = as_row(row)
     v = r.versions if isinstance(r.versions, dict) else {}
     on_gpu = str(r.device or "").startswith("cuda")

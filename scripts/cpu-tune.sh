@@ -14,6 +14,10 @@
 #      only when RUN_DEFAULT_EARLY=1), and CMI + STARS with the tuned parameters
 #      (results/tuned-cmi-cpu).
 #   4. `dfkd compare` default vs tuned -> results/tuned-cmi-cpu/compare_default.md.
+# One CPU model throughout: the same seed gives other numbers on another CPU model (README,
+# "The CLI"), so the two fresh-seed arms pair bit for bit only on one; `dfkd bench` warns before
+# resuming another machine's rows and `dfkd compare` flags the mix. An evidence trial took
+# about 20 min on the AVX2 host of sessions 3-10 and about 11 min on session 11's AVX-512 host.
 # The GPU route of the same evidence is scripts/gpu-session.sh (STAGES=tune): its own study
 # (tune-cmi-gpu), since the two platforms do not give the same numbers.
 #

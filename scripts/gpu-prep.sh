@@ -12,7 +12,7 @@
 # and lists them in .git/info/exclude so they stay out of commits.
 #
 # The teacher is this machine's: the same seed trains another teacher on another CPU model
-# (90.55% on the AVX2 host of sessions 1-10, 90.53% on session 11's AVX-512 host). The tune
+# (90.55% on the AVX2 host of sessions 3-10, 90.53% on session 11's AVX-512 host). The tune
 # stage needs only one teacher for all its rows; the tf32 stage compares with
 # results/stars-ablation-gpu, which used the 90.55% teacher, so it is only meaningful with that
 # one (the script says which teacher it packed).
