@@ -323,7 +323,7 @@ def mixed_teachers(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def mixed_hosts(df: pd.DataFrame) -> pd.DataFrame:
-    """Pairs whose rows come from more than one machine (:func:`benchmarks.frame.host_of`:
+    """Pairs whose rows come from more than one machine (:func:`benchmarks.rows.host_of`:
     the CPU model and kernel instruction set, or the GPU). The same seed gives the same numbers
     on one CPU model only, so a paired difference across two machines measures them too."""
     ok = df[df["status"] == "ok"]
