@@ -18,7 +18,7 @@ import pandas as pd
 from baselines.errors import DFKDError
 
 from .frame import by_seed as _by_seed, frame, load_rows
-from .leaderboard import mixed_hosts
+from .table_checks import mixed_hosts
 from .stats import diff_ci, fmt_diff, fmt_ms, md_table, mean_std
 from .store import treatment_of
 
