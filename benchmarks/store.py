@@ -110,8 +110,8 @@ def code_version() -> dict[str, Any]:
 
 
 def this_machine() -> dict[str, Any]:
-    """What :func:`benchmarks.rows.host_of` would say of a row computed here (CPU and GPU),
-    and this platform string (what older rows recorded instead)."""
+    """What :func:`benchmarks.rows.host_of` would say of a row computed here: on the CPU, on
+    the GPU (None without one), and, for older rows without either record, this platform."""
     import platform
 
     import torch
@@ -119,25 +119,15 @@ def this_machine() -> dict[str, Any]:
     from baselines.provenance import cpu_identity
 
     return {"cpu": cpu_identity(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "platform": platform.platform(terse=True)}
+            "platform": f"platform {platform.platform(terse=True)}"}
 
 
-def other_machines(rows: Iterable[ResultRow]) -> list[str]:
-    """The machines (:func:`benchmarks.rows.host_of`) of the ok rows that were not computed on
-    this one. A row without the CPU / GPU record counts as this machine's when its platform
-    string is this one's (the most it can tell)."""
-    here = this_machine()
-    other: set[str] = set()
-    for r in rows:
-        if r.status != "ok":
-            continue
-        v = r.versions if isinstance(r.versions, dict) else {}
-        on_gpu = str(r.device or "").startswith("cuda")
-        named = v.get("gpu") if on_gpu else v.get("cpu")
-        same = named == here["gpu" if on_gpu else "cpu"] if named else v.get("platform") == here["platform"]
-        if not same:
-            other.add(host_of(r))
-    return sorted(other)
+def other_machines(rows: Iterable[ResultRow], here: dict[str, Any] | None = None) -> list[str]:
+    """The machines (:func:`benchmarks.rows.host_of`) of the ok rows not computed on this one
+    (``here``: :func:`this_machine`). A row without the CPU / GPU record counts as this
+    machine's when its platform string is this one's (the most it can tell)."""
+    names = set((here or this_machine()).values())
+    return sorted({h for r in rows if r.status == "ok" and (h := host_of(r)) not in names})
 
 
 def job_state(row: ResultRow | None) -> str:
@@ -186,9 +176,10 @@ def check_out_dir(out: str | Path, preset_name: str, job_ids: Iterable[str]) -> 
     if ver["git_commit"] and commits and ver["git_commit"] not in commits:
         warn.append(f"{out}: rows were produced at git commit(s) {', '.join(c[:10] for c in commits)}; "
                     f"this is {ver['git_commit'][:10]} (recorded in manifest.json and in each row).")
-    other = other_machines(rows.values())
+    here = this_machine()
+    other = other_machines(rows.values(), here)
     if other:
-        warn.append(f"{out}: rows were computed on {'; '.join(other)}; this is {this_machine()['cpu']}. The same seed "
+        warn.append(f"{out}: rows were computed on {'; '.join(other)}; this is {here['cpu']}. The same seed "
                     "gives the same numbers on one CPU model only, so new rows here will not pair bit for bit with "
                     "those (the leaderboard flags the mix); start another --out directory for this machine.")
     ids = set(job_ids)
