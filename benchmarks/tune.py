@@ -56,6 +56,7 @@ from .trial_retry import (WORKER_KEY, Heartbeat, counts as _counts, give_back as
                           sweep_stale_trials, frozen, _owner, _proc_start)
 from .tune_report import finalize, make_plots, measure_test_of_best  # noqa: F401
 from .tune_space import DEFAULT_SPACES, SearchSpace, apply_params, write_best_params  # noqa: F401
+from .tune_machines import MACHINE_KEY, machine_for, warn_other_machines
 from .tune_storage import driver_url, mask_url, open_storage, open_study  # noqa: F401
 
 OBJECTIVES = {"val-acc": "val_acc", "agreement": "agreement"}
@@ -295,6 +296,7 @@ def run_one(plan: TunePlan, study: optuna.Study, trial: optuna.Trial) -> TrialSt
             done = _counts(study.get_trials(deepcopy=False))["done"]
             _log(f"trial {trial.number} started ({done}/{plan.spec.trials} done) params={params}")
             cfg = plan.resolve(apply_params(plan.base, plan.space.decode(params), plan.home))
+            trial.set_user_attr(MACHINE_KEY, machine_for(cfg.get("run", {}).get("device", "auto")))
             row = plan.run_trial(cfg, on_eval) or {}
             value = row.get(metric)
             if row.get("status", "ok") != "ok":
@@ -423,6 +425,7 @@ def run_tune(spec: TuneSpec) -> dict[str, Any]:
     plan.out.mkdir(parents=True, exist_ok=True)
     storage = open_storage(plan)
     study = open_study(plan, storage, _worker_index(spec))
+    warn_other_machines(study, plan.out)
     info: dict[str, Any] = {"n": spec.workers}
     done = _counts(study.get_trials(deepcopy=False))["done"]
     if spec.workers > 1 and done < spec.trials:

@@ -14,6 +14,7 @@ from baselines.provenance import now_iso
 
 from .store import atomic_write_json
 from .trial_retry import counts, log
+from .tune_machines import trial_machines
 from .tune_space import apply_params, write_best_params
 from .tune_storage import mask_url
 
@@ -101,6 +102,10 @@ def finalize(plan: Any, study: optuna.Study, t_start: float,
     if plan.spec.plots and complete:
         plots, pn = make_plots(plan, study, len(complete))
         notes += pn
+    machines = sorted(set(trial_machines(study, plan.out).values()))
+    if len(machines) > 1:
+        notes.append(f"the trials ran on {len(machines)} machines ({'; '.join(machines)}): the same seed "
+                     "gives other numbers on another CPU model, and the study compared them as if equal")
     if c["done"] < plan.spec.trials:
         notes.append(f"{c['done']} of {plan.spec.trials} trials finished; re-run the same "
                      "command to resume the study")
@@ -126,7 +131,7 @@ def finalize(plan: Any, study: optuna.Study, t_start: float,
         "wall_seconds": round(time.time() - t_start, 3),  # this command, test re-run included
         "trial_seconds_total": round(sum(float(t.user_attrs.get("dfkd_seconds", 0))
                                          for t in trials), 3),
-        "workers": workers,
+        "workers": workers, "machines": machines,
         "finished": now_iso(),
     }
     atomic_write_json(plan.out / "tune_summary.json", summary)

@@ -230,6 +230,56 @@ def test_same_study_name_with_a_different_space_is_refused(tmp_path, fakes):
     assert len(fakes) == n and len(load(out, "s").trials) == 1
 
 
+def _machine_warnings(record) -> list[str]:
+    return [str(w.message) for w in record if "holds trials computed on" in str(w.message)]
+
+
+def test_trials_record_their_machine_and_a_study_resumed_elsewhere_warns(tmp_path, fakes, monkeypatch):
+    import warnings
+
+    from benchmarks import tune_machines
+    out, pre = tmp_path / "o", write_preset(tmp_path)
+    here = tune_machines.machine_for("auto")
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        s = tune.run_tune(spec(pre, out, trials=2, final_test=False))
+        s = tune.run_tune(spec(pre, out, trials=2, final_test=False))  # resumed here: no warning
+    assert _machine_warnings(rec) == []
+    assert [t.user_attrs[tune_machines.MACHINE_KEY] for t in load(out).trials] == [here, here]
+    assert s["machines"] == [here] and not any("machines" in n for n in s["notes"])
+
+    other = {"cpu": "Another CPU (family 6, model 85, stepping 7); kernels AVX2", "gpu": None,
+             "platform": "platform Linux-other"}
+    monkeypatch.setattr(tune_machines, "this_machine", lambda: dict(other))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        s = tune.run_tune(spec(pre, out, trials=3, final_test=False))
+    msg = _machine_warnings(rec)
+    assert len(msg) == 1 and here in msg[0] and "trials 0, 1" in msg[0] and other["cpu"] in msg[0]
+    assert load(out).trials[2].user_attrs[tune_machines.MACHINE_KEY] == other["cpu"]
+    assert s["machines"] == sorted([here, other["cpu"]])
+    assert any("2 machines" in n for n in s["notes"])
+
+
+def test_trials_without_the_attribute_take_their_machine_from_the_trial_file(tmp_path):
+    from optuna.distributions import FloatDistribution
+
+    from benchmarks.tune_machines import other_machines_message, trial_machines
+    study = optuna.create_study(direction="maximize")
+    for v in (0.5, 0.6):
+        study.add_trial(optuna.trial.create_trial(value=v, params={"alpha": v},
+                                                  distributions={"alpha": FloatDistribution(0, 1)}))
+    (tmp_path / "trials").mkdir()
+    (tmp_path / "trials" / "trial_0000.json").write_text(json.dumps(
+        {"number": 0, "row": {"device": "cpu", "versions": {"cpu": "Old CPU; kernels AVX2"}}}))
+    (tmp_path / "trials" / "trial_0001.json").write_text(json.dumps({"number": 1, "row": {}}))  # pruned
+    assert trial_machines(study, tmp_path) == {0: "Old CPU; kernels AVX2"}
+    here = {"cpu": "New CPU; kernels AVX512", "gpu": None, "platform": "platform x"}
+    msg = other_machines_message(study, tmp_path, here)
+    assert "Old CPU; kernels AVX2 (trials 0)" in msg and "New CPU" in msg
+    assert other_machines_message(study, tmp_path, {**here, "cpu": "Old CPU; kernels AVX2"}) is None
+
+
 # --------------------------------------------------------------------------- a full run
 def test_run_writes_best_params_measures_test_once_and_resumes(tmp_path, fakes):
     out = tmp_path / "o"
