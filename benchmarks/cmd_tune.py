@@ -55,6 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--no-test", dest="final_test", action="store_false",
                    help="skip measuring the best trial's test accuracy")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
+    p.add_argument("--status", action="store_true", help="print the study's trials (state, "
+                   "objective, parameters, minutes, machine) as a markdown table; run nothing")
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     # seams passed to local worker processes (module:function); for tests and embedders
@@ -79,12 +81,15 @@ def spec_from_args(args: argparse.Namespace):
         worker_only=args.worker_only, worker_index=args.worker_index, threads=args.threads,
         heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
         max_failed=args.max_failed, final_test=args.final_test, plots=args.plots,
-        job_fn=args.job_fn, resolver=args.resolver)
+        job_fn=args.job_fn, resolver=args.resolver, status=args.status)
 
 
 def run(args: argparse.Namespace) -> int:
     from benchmarks.tune import run_tune
     summary = run_tune(spec_from_args(args))
+    if args.status:
+        print(summary["status"])
+        return 0
     if args.worker_only:
         print(json.dumps(summary.get("worker", {}), default=str))
         return 0

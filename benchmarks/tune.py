@@ -54,7 +54,7 @@ from .store import atomic_write_json
 from .trial_retry import (WORKER_KEY, Heartbeat, counts as _counts, give_back as _give_back,  # noqa: F401
                           is_surplus as _is_surplus, log as _log, pid_alive, requeue, stale_reason,
                           sweep_stale_trials, frozen, _owner, _proc_start)
-from .tune_report import finalize, make_plots, measure_test_of_best  # noqa: F401
+from .tune_report import finalize, make_plots, measure_test_of_best, status_table  # noqa: F401
 from .tune_space import DEFAULT_SPACES, SearchSpace, apply_params, write_best_params  # noqa: F401
 from .tune_machines import MACHINE_KEY, machine_for, warn_other_machines
 from .tune_storage import driver_url, mask_url, open_storage, open_study  # noqa: F401
@@ -108,6 +108,7 @@ class TuneSpec:
     final_test: bool = True
     plots: bool = True
     poll_seconds: float = 1.0
+    status: bool = False  # print the study's trials (tune_report.status_table) and run nothing
     job_fn: str | None = None  # seam: "module:function" (cfg, on_eval) -> row, instead of run_job
     resolver: str | None = None  # seam: "module:function" (user) -> cfg, instead of resolve_config
 
@@ -422,6 +423,8 @@ def run_tune(spec: TuneSpec) -> dict[str, Any]:
     t0 = time.time()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     plan = make_plan(spec)
+    if spec.status:
+        return {"study": plan.study_name, "status": status_table(plan)}
     plan.out.mkdir(parents=True, exist_ok=True)
     storage = open_storage(plan)
     study = open_study(plan, storage, _worker_index(spec))

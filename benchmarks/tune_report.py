@@ -10,13 +10,14 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
+from baselines.errors import ConfigError
 from baselines.provenance import now_iso
 
 from .store import atomic_write_json
 from .trial_retry import counts, log
 from .tune_machines import trial_machines
 from .tune_space import apply_params, write_best_params
-from .tune_storage import mask_url
+from .tune_storage import mask_url, open_storage
 
 
 def measure_test_of_best(plan: Any, study: optuna.Study,
@@ -138,3 +139,42 @@ def finalize(plan: Any, study: optuna.Study, t_start: float,
     return summary
 
 
+
+
+def status_table(plan: Any) -> str:
+    """``dfkd tune --status``: the study's counts and one markdown row per trial (state,
+    objective, parameters, minutes, machine), read from the storage; runs and writes nothing."""
+    if not plan.is_rdb and not Path(plan.storage_url).is_file():
+        raise ConfigError(f"no study journal at {plan.storage_url}; check --out and --storage")
+    known = optuna.get_all_study_names(storage := open_storage(plan))
+    if plan.study_name not in known:
+        raise ConfigError(f"no study {plan.study_name!r} in {mask_url(plan.storage_url)} (it holds "
+                          f"{', '.join(map(repr, known)) or 'none'}); check --out, --storage and --study, "
+                          "and the preset, synthesizer and objective, which name the default study")
+    study = optuna.load_study(study_name=plan.study_name, storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    c = counts(trials)
+    machines = trial_machines(study, plan.out)
+    names = [p.name for p in plan.space.params]
+    lines = [f"study {plan.study_name!r} ({mask_url(plan.storage_url)}): {c['done']} of {plan.spec.trials} "
+             f"finished ({c['complete']} complete, {c['pruned']} pruned), {c['fail']} failed, "
+             f"{c['running']} running, {c['waiting']} waiting"]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete:
+        best = max(complete, key=lambda t: t.value)
+        lines.append(f"best so far: trial {best.number}, {plan.metric} = {best.value:.4f}, "
+                     f"{plan.space.decode(best.params)}")
+    lines += ["", "| trial | state | " + " | ".join([plan.metric, *names, "minutes", "machine"]) + " |",
+              "|---" * (len(names) + 5) + "|"]
+    for t in trials:
+        params = plan.space.decode(t.params)
+        last = max(t.intermediate_values, default=None)  # a pruned / running trial's last report
+        value = f"{t.value:.4f}" if t.state == TrialState.COMPLETE else (
+            f"({t.intermediate_values[last]:.4f} at epoch {last})" if last is not None else "")
+        shown = [f"{v:.4g}" if isinstance(v, float) else str(v)
+                 for v in (params.get(n, "") for n in names)]
+        seconds = t.user_attrs.get("dfkd_seconds")
+        minutes = f"{float(seconds) / 60:.1f}" if seconds is not None else ""
+        lines.append(f"| {t.number} | {t.state.name.lower()} | {value} | " + " | ".join(shown)
+                     + f" | {minutes} | {machines.get(t.number, '')} |")
+    return "\n".join(lines)

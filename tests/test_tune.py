@@ -261,6 +261,34 @@ def test_trials_record_their_machine_and_a_study_resumed_elsewhere_warns(tmp_pat
     assert any("2 machines" in n for n in s["notes"])
 
 
+def test_status_lists_every_trial_and_runs_or_writes_nothing(tmp_path, fakes, capsys):
+    out, pre = tmp_path / "o", write_preset(tmp_path)
+    tune.run_tune(spec(pre, out, trials=2, final_test=False))
+    journal = (out / "study.journal").read_bytes()
+    fakes.clear()
+    argv = ["--preset", pre, "--synthesizer", "deepinversion", "--trials", "3", "--out", str(out),
+            "--job-fn", "test_tune:job_entry", "--resolver", "test_tune:fake_resolve", "--status"]
+    assert cmd_tune.main(argv) == 0
+    text = capsys.readouterr().out
+    assert fakes == [] and (out / "study.journal").read_bytes() == journal  # 2 of 3: still ran nothing
+    assert "2 of 3 finished (2 complete, 0 pruned)" in text and "best so far: trial" in text
+    rows = [ln for ln in text.splitlines() if ln.startswith("| 0 |") or ln.startswith("| 1 |")]
+    from benchmarks.tune_machines import machine_for
+    assert len(rows) == 2 and all("| complete |" in r and r.endswith(f"{machine_for('auto')} |") for r in rows)
+    values = {t.number: t.value for t in load(out).trials}
+    assert all(f"| {values[n]:.4f} |" in rows[n] for n in (0, 1))
+
+
+def test_status_of_a_missing_study_is_a_clear_error_that_creates_nothing(tmp_path, fakes):
+    out, pre = tmp_path / "o", write_preset(tmp_path)
+    with pytest.raises(ConfigError, match="no study journal at"):
+        tune.run_tune(spec(pre, out, status=True))
+    assert not out.exists()
+    tune.run_tune(spec(pre, out, trials=1, final_test=False, study="mine"))
+    with pytest.raises(ConfigError, match="no study 'other'.*'mine'"):
+        tune.run_tune(spec(pre, out, status=True, study="other"))
+
+
 def test_trials_without_the_attribute_take_their_machine_from_the_trial_file(tmp_path):
     from optuna.distributions import FloatDistribution
 
