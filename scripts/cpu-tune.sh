@@ -6,6 +6,7 @@
 #      per core, each pinned to its core (--worker-only), the journal in results/tune-cmi-cpu.
 #      A worker starts no trial in the last $TAIL s before DEADLINE; a trial cut by the
 #      deadline is marked failed and its parameters re-queued by the next session's worker.
+#      Then `dfkd tune --status` writes the trials so far to $STUDY/status.md.
 #   2. once the study holds $TRIALS finished (complete + pruned) trials: finalize it
 #      (best_params.toml, plots, tune_summary.json; --no-test: the test set is read once, by
 #      the fresh-seed rows).
@@ -72,6 +73,7 @@ if [ "$n" -lt "$TRIALS" ] && [ "$(left)" -gt "$TAIL" ]; then
   n=$(finished)
   log "study: $n of $TRIALS trials finished"
 fi
+[ -f "$STUDY/study.journal" ] && $DFKD "${TUNE[@]}" --status > "$STUDY/status.md" 2>&1  # commit with the journal
 # 2. finalize
 if [ "$n" -ge "$TRIALS" ] && [ ! -f "$STUDY/best_params.toml" ]; then
   $DFKD "${TUNE[@]}" --no-test > "$STUDY/finalize.log" 2>&1
