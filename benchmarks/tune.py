@@ -287,7 +287,7 @@ def run_one(plan: TunePlan, study: optuna.Study, trial: optuna.Trial) -> TrialSt
             return
         evals.append((int(epoch), float(v)))
         trial.report(float(v), int(epoch))
-        if trial.should_prune():
+        if int(epoch) < int(cfg["distill"]["epochs"]) - 1 and trial.should_prune():  # the last one is the value
             raise optuna.TrialPruned(f"{metric} = {v:.4f} at epoch {epoch} is below the median")
 
     params: dict[str, Any] = {}

@@ -386,6 +386,25 @@ def test_median_pruning_stops_a_trial_below_the_median(tmp_path, fakes, monkeypa
     assert s["trials"]["pruned"] == 1 and s["best_value"] == 0.95
 
 
+def test_a_trial_that_reaches_its_last_evaluation_is_complete_not_pruned(tmp_path, fakes, monkeypatch):
+    # Optuna's median pruner compares a trial's best value so far with the median at this step:
+    # the last trial is above it at epochs 0 and 1 and below it only at its last evaluation
+    curves = iter([[0.1, 0.5, 0.9], [0.1, 0.5, 0.95], [0.1, 0.5, 0.92], [0.3, 0.6, 0.7]])
+
+    def job(cfg, on_eval):
+        curve = next(curves)
+        assert len(curve) == cfg["distill"]["epochs"]
+        for e, v in enumerate(curve):
+            on_eval(e, {"val_acc": v, "test_acc": 0.99})
+        return {"status": "ok", "val_acc": curve[-1], "student_acc": 0.99}
+
+    monkeypatch.setattr(THIS, "JOB_IMPL", job)
+    pre = write_preset(tmp_path, "prune_startup_trials = 2\nprune_warmup_steps = 0\n")
+    tune.run_tune(spec(pre, tmp_path / "o", trials=4, final_test=False))
+    last = load(tmp_path / "o").trials[3]
+    assert last.state == TrialState.COMPLETE and last.value == 0.7  # its whole budget ran: a result
+
+
 def test_failed_job_fails_its_trial_and_too_many_stop_the_worker(tmp_path, fakes, monkeypatch):
     monkeypatch.setattr(THIS, "JOB_IMPL",
                         lambda cfg, on_eval: {"status": "failed", "error": "NaN in tar"})
