@@ -141,6 +141,13 @@ def finalize(plan: Any, study: optuna.Study, t_start: float,
 
 
 
+def _shown_path(path: str) -> str:
+    """A journal path relative to the working directory when it lies under it (a status table
+    committed with the study then names no machine's directories)."""
+    p = Path(path)
+    return str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(p)
+
+
 def status_table(plan: Any) -> str:
     """``dfkd tune --status``: the study's counts and one markdown row per trial (state,
     objective, parameters, minutes, machine), read from the storage; runs and writes nothing."""
@@ -156,7 +163,8 @@ def status_table(plan: Any) -> str:
     c = counts(trials)
     machines = trial_machines(study, plan.out)
     names = [p.name for p in plan.space.params]
-    lines = [f"study {plan.study_name!r} ({mask_url(plan.storage_url)}): {c['done']} of {plan.spec.trials} "
+    where = mask_url(plan.storage_url) if plan.is_rdb else _shown_path(plan.storage_url)
+    lines = [f"study {plan.study_name!r} ({where}): {c['done']} of {plan.spec.trials} "
              f"finished ({c['complete']} complete, {c['pruned']} pruned), {c['fail']} failed, "
              f"{c['running']} running, {c['waiting']} waiting"]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
