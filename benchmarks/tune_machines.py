@@ -27,12 +27,13 @@ _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def machine_for(device: str = "auto", here: dict[str, Any] | None = None) -> str:
-    """The name :func:`benchmarks.rows.host_of` gives a row computed here on ``device``:
-    the GPU for a CUDA job, else the CPU."""
+    """The name :func:`benchmarks.rows.host_of` gives a row computed here on ``device``
+    (``auto``: the GPU when there is one)."""
     here = here or this_machine()
     text = str(device or "auto").strip().lower()
-    on_gpu = text.startswith("cuda") or (text == "auto" and here.get("gpu"))
-    return str(here.get("gpu") or text) if on_gpu else str(here["cpu"])
+    if text == "auto":
+        text = "cuda" if here.get("gpu") else "cpu"
+    return host_of({"device": text, "versions": {"cpu": here["cpu"], "gpu": here.get("gpu")}})
 
 
 def _from_trial_file(out: Path, number: int) -> str | None:

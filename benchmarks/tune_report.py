@@ -139,8 +139,6 @@ def finalize(plan: Any, study: optuna.Study, t_start: float,
     return summary
 
 
-
-
 def _shown_path(path: str) -> str:
     """A journal path relative to the working directory when it lies under it (a status table
     committed with the study then names no machine's directories)."""
@@ -153,7 +151,8 @@ def status_table(plan: Any) -> str:
     objective, parameters, minutes, machine), read from the storage; runs and writes nothing."""
     if not plan.is_rdb and not Path(plan.storage_url).is_file():
         raise ConfigError(f"no study journal at {plan.storage_url}; check --out and --storage")
-    known = optuna.get_all_study_names(storage := open_storage(plan))
+    storage = open_storage(plan)
+    known = optuna.get_all_study_names(storage)
     if plan.study_name not in known:
         raise ConfigError(f"no study {plan.study_name!r} in {mask_url(plan.storage_url)} (it holds "
                           f"{', '.join(map(repr, known)) or 'none'}); check --out, --storage and --study, "

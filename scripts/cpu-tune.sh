@@ -18,7 +18,8 @@
 # One CPU model throughout: the same seed gives other numbers on another CPU model (README,
 # "The CLI"), so the two fresh-seed arms pair bit for bit only on one; `dfkd bench` warns before
 # resuming another machine's rows and `dfkd compare` flags the mix. An evidence trial took
-# about 20 min on the AVX2 host of sessions 3-10 and about 11 min on session 11's AVX-512 host.
+# about 20 min on the AVX2 host of sessions 3-10 and 13-15 min (a pruned one 7) on the AVX-512
+# host of sessions 11-12.
 # The GPU route of the same evidence is scripts/gpu-session.sh (STAGES=tune): its own study
 # (tune-cmi-gpu), since the two platforms do not give the same numbers.
 #
