@@ -72,12 +72,13 @@ def prepare_teachers(jobs: list[Job], log: Callable[[str], None] = print,
         dkey = data_key(r)
         if dkey not in raw:
             raw[dkey] = load_bundle(r)
-        log(f"teacher {r['dataset']}/{r['teacher']} seed {r.get('seed')}: training it (or reading the cache)...")
+        name = f"teacher {r['dataset']}/{r['teacher']} seed {teacher_seed(r)}"  # not the job's seed
+        log(f"{name}: training it (or reading the cache)...")
         t0 = time.perf_counter()
         _, info = get_teacher(r["teacher"], r["dataset"], job_data(r, raw[dkey]), epochs=r.get("teacher_epochs"),
                               seed=teacher_seed(r), device=pick_device(r.get("device", "cpu")),
                               progress=bool(r.get("progress", False)))
         acc = info.get("test_acc") if isinstance(info, dict) else None
         how = "from the cache" if info.get("cached") else "trained"
-        log(f"teacher {r['dataset']}/{r['teacher']} seed {r.get('seed')}: {how} in "
+        log(f"{name}: {how} in "
             f"{time.perf_counter() - t0:.0f}s" + (f", test accuracy {acc:.2f}%" if isinstance(acc, (int, float)) else ""))

@@ -693,3 +693,20 @@ def test_teacher_seed_shares_one_teacher_across_seeds():
     # without it, the teacher follows each job's seed
     assert all(teacher_seed(j.run) == j.run["seed"] for j in jobs_seeds)
     assert len(teacher_keys(jobs_seeds)) == 3
+
+
+def test_teacher_log_names_the_teacher_seed_not_the_job_seed(monkeypatch):
+    """A preset with one teacher (run.teacher_seed = 0) logs that teacher as seed 0 for a
+    seed-9 job (it said "seed 9", which reads as a second teacher)."""
+    from benchmarks import preflight, teachers
+    from benchmarks.jobs import Job
+
+    seeds = []
+    monkeypatch.setattr(teachers, "get_teacher",
+                        lambda *a, seed, **k: (seeds.append(seed), (None, {"cached": True, "test_acc": 90.0}))[1])
+    run = {"dataset": "fashion-mnist-28", "teacher": "smallcnn", "seed": 9, "teacher_seed": 0, "device": "cpu"}
+    lines: list[str] = []
+    preflight.prepare_teachers([Job("j", "l", "distill", {"run": run})], log=lines.append,
+                               bundles={preflight.data_key(run): object()})
+    assert seeds == [0]
+    assert all("seed 0:" in line and "seed 9" not in line for line in lines) and len(lines) == 2
