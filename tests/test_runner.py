@@ -545,7 +545,8 @@ def test_quick_preset_resolves_with_the_real_config(monkeypatch):
 @pytest.mark.slow
 @needs_real
 def test_shipped_presets_resolve_with_the_real_config(monkeypatch):
-    for name in ("quick", "standard", "paper", "evidence", "evidence-field", "stars-ablation", "resnet18-gpu"):
+    for name in ("quick", "standard", "paper", "evidence", "evidence-field", "evidence-kd2x", "stars-ablation",
+                 "resnet18-gpu"):
         jobs = real_expand(load_preset(name))
         assert jobs and all(j.job_id == job_id_of(j.cfg) for j in jobs)
     bad = load_preset("quick")
@@ -591,6 +592,23 @@ def test_stars_ablation_reuses_evidence_rows_and_its_seedtar_cell_differs_only_i
         assert rest(j.cfg) == rest(stars), lbl
         run = lambda c: {k: v for k, v in c["run"].items() if k != "regularizers"}  # noqa: E731
         assert run(j.cfg) == run(stars), lbl
+
+
+@needs_real
+def test_evidence_kd2x_is_evidence_with_twice_the_kd_steps_and_nothing_else():
+    """evidence-kd2x measures one lever, the KD steps: each of its jobs is evidence's job of the
+    same label with distill.kd_steps doubled and accuracy every second epoch, every other
+    resolved key equal."""
+    ev = {j.label: j for j in real_expand(load_preset("evidence"))}
+    kd2x = {j.label: j for j in real_expand(load_preset("evidence-kd2x"))}
+    assert kd2x.keys() == ev.keys()
+    for lbl, j in kd2x.items():
+        a, b = ev[lbl].cfg, j.cfg
+        assert b["distill"]["kd_steps"] == 2 * a["distill"]["kd_steps"] and b["distill"]["eval_every"] == 2, lbl
+        strip = lambda c: {**c, "distill": {k: v for k, v in c["distill"].items()  # noqa: E731
+                                            if k not in ("kd_steps", "eval_every")}}
+        assert strip(b) == strip(a), lbl
+        assert j.job_id != ev[lbl].job_id
 
 
 def write_cifar10(root: Path, per_batch: int = 10, n_test: int = 20) -> None:
