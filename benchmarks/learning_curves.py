@@ -65,12 +65,12 @@ def load_rows(dirs: Iterable[str | Path], only: list[str] | None = None) -> tupl
 def curve_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: job, seed, its budget (epochs x KD steps per epoch), then one line per
     evaluation."""
-    lines = ["| job | source | epochs x KD steps | eval epoch | KD steps | images | test acc |",
+    lines = ["| job | source | epochs x KD steps, lr | eval epoch | KD steps | images | test acc |",
              "|---|---|---|---|---|---|---|"]
     for row in sorted(rows, key=lambda r: (r["synthesizer"], r["job_label"], r["_source"])):
         d = row["config"]["distill"]
         for p in curve_points(row):
-            lines.append(f"| {row['job_label']} | {row['_source']} | {d['epochs']} x {d['kd_steps']} | {p['epoch']} "
+            lines.append(f"| {row['job_label']} | {row['_source']} | {d['epochs']} x {d['kd_steps']}, {d['lr']} | {p['epoch']} "
                          f"| {p['kd_steps']} | {p['images']} | {p['test_acc']:.2f} |")
     return "\n".join(lines)
 
@@ -89,7 +89,7 @@ def plot_curves(rows: list[dict[str, Any]], path: str | Path) -> Path | None:
     for row in rows:
         pts = curve_points(row)
         d = row["config"]["distill"]
-        label = f"{'/'.join(row['job_label'].split('/')[-2:])} ({d['epochs']}x{d['kd_steps']})"
+        label = f"{'/'.join(row['job_label'].split('/')[-2:])} ({d['epochs']}x{d['kd_steps']}, lr {d['lr']})"
         style = dict(color=colors[row["synthesizer"]], marker="o", ms=3, label=label,
                      ls="--" if row.get("regularizers") else "-")  # dashed: with a regularizer
         ax_k.plot([p["kd_steps"] for p in pts], [p["test_acc"] for p in pts], **style)

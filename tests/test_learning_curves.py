@@ -21,7 +21,7 @@ def _row(label="ds/t:s/fast/seed0", status="ok", warmup=1, epochs=4, kd_steps=10
             rec["test_acc"] = 10.0 * (e + 1)
         hist.append(rec)
     return {"job_label": label, "status": status, "synthesizer": label.split("/")[2].split("+")[0], "seed": 0,
-            "regularizers": [], "history": hist, "config": {"distill": {"kd_steps": kd_steps, "epochs": epochs}}}
+            "regularizers": [], "history": hist, "config": {"distill": {"kd_steps": kd_steps, "epochs": epochs, "lr": 0.1}}}
 
 
 def test_warmup_epochs_add_no_kd_steps():
