@@ -50,7 +50,11 @@ def load_rows(dirs: Iterable[str | Path], only: list[str] | None = None) -> tupl
         if not files:
             notes.append(f"{d}: no rows/*.json (is it a `dfkd bench` output directory?)")
         for f in files:
-            row = json.loads(f.read_text())
+            try:
+                row = json.loads(f.read_text())
+            except (OSError, ValueError) as exc:  # a truncated or unreadable row: name it, go on
+                notes.append(f"{f}: skipped (unreadable row: {exc})")
+                continue
             label = row.get("job_label", f.stem)
             if only and not any(fnmatch.fnmatch(label, p) for p in only):
                 continue

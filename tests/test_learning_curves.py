@@ -48,9 +48,10 @@ def test_skipped_rows_are_named_and_filters_apply(tmp_path, capsys):
     (tmp_path / "rows").mkdir()
     for i, r in enumerate([_row(), _row("ds/t:s/cmi/seed0"), _row("ds/t:s/cmi/seed1", status="failed")]):
         (tmp_path / "rows" / f"{i}.json").write_text(json.dumps(r))
+    (tmp_path / "rows" / "9.json").write_text('{"job_label": "ds/t:s/cmi/seed2", "hist')  # truncated
     rows, notes = lc.load_rows([tmp_path], ["*/cmi/*"])
     assert [r["job_label"] for r in rows] == ["ds/t:s/cmi/seed0"]
-    assert len(notes) == 1 and "failed" in notes[0]
+    assert len(notes) == 2 and "failed" in notes[0] and "9.json: skipped (unreadable" in notes[1]
     png = tmp_path / "c.png"
     assert lc.main([str(tmp_path), "--plot", str(png)]) == 0
     out = capsys.readouterr().out
