@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import sys
 from pathlib import Path
 from typing import Any, Iterable
 
 from .frame import REFERENCE_SYNTHS
+from .store import corrupt_rows, read_rows, rows_dir
 
 
 def curve_points(row: dict[str, Any]) -> list[dict[str, Any]]:
@@ -43,26 +43,21 @@ def curve_points(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def load_rows(dirs: Iterable[str | Path], only: list[str] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
-    """(ok rows with at least one evaluation, notes on what was skipped) from DIR/rows/*.json."""
+    """(ok rows with at least one evaluation, notes on what was skipped) from DIR/rows/*.json,
+    read by :func:`benchmarks.store.read_rows` (unreadable files: :func:`store.corrupt_rows`)."""
     rows, notes = [], []
     for d in dirs:
-        files = sorted(Path(d).glob("rows/*.json"))
-        if not files:
+        found, corrupt = read_rows(d), corrupt_rows(d)
+        if not found and not corrupt:
             notes.append(f"{d}: no rows/*.json (is it a `dfkd bench` output directory?)")
-        for f in files:
-            try:
-                row = json.loads(f.read_text())
-            except (OSError, ValueError) as exc:  # a truncated or unreadable row: name it, go on
-                notes.append(f"{f}: skipped (unreadable row: {exc})")
+        for job_id, r in found.items():
+            if only and not any(fnmatch.fnmatch(r.job_label or job_id, p) for p in only):
                 continue
-            label = row.get("job_label", f.stem)
-            if only and not any(fnmatch.fnmatch(label, p) for p in only):
+            if not r.ok or not r.history:
+                notes.append(f"{rows_dir(d) / job_id}.json: skipped ({r.status}, {len(r.history or [])} history records)")
                 continue
-            if row.get("status") != "ok" or not row.get("history"):
-                notes.append(f"{f}: skipped ({row.get('status')}, {len(row.get('history') or [])} history records)")
-                continue
-            row["_source"] = str(d)
-            rows.append(row)
+            rows.append({**r.to_dict(), "_source": str(d)})
+        notes += [f"{f}: skipped (unreadable row: truncated or not JSON)" for f in corrupt]
     return rows, notes
 
 

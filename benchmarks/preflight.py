@@ -72,11 +72,12 @@ def prepare_teachers(jobs: list[Job], log: Callable[[str], None] = print,
         dkey = data_key(r)
         if dkey not in raw:
             raw[dkey] = load_bundle(r)
-        name = f"teacher {r['dataset']}/{r['teacher']} seed {teacher_seed(r)}"  # not the job's seed
+        tseed = teacher_seed(r)
+        name = f"teacher {r['dataset']}/{r['teacher']} seed {tseed}"  # not the job's seed
         log(f"{name}: training it (or reading the cache)...")
         t0 = time.perf_counter()
         _, info = get_teacher(r["teacher"], r["dataset"], job_data(r, raw[dkey]), epochs=r.get("teacher_epochs"),
-                              seed=teacher_seed(r), device=pick_device(r.get("device", "cpu")),
+                              seed=tseed, device=pick_device(r.get("device", "cpu")),
                               progress=bool(r.get("progress", False)))
         acc = info.get("test_acc") if isinstance(info, dict) else None
         how = "from the cache" if info.get("cached") else "trained"
