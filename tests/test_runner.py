@@ -545,7 +545,8 @@ def test_quick_preset_resolves_with_the_real_config(monkeypatch):
 @pytest.mark.slow
 @needs_real
 def test_shipped_presets_resolve_with_the_real_config(monkeypatch):
-    for name in ("quick", "standard", "paper", "evidence", "evidence-field", "evidence-kd2x", "stars-ablation",
+    for name in ("quick", "standard", "paper", "evidence", "evidence-field", "evidence-kd2x", "evidence-lr",
+                 "stars-ablation",
                  "resnet18-gpu"):
         jobs = real_expand(load_preset(name))
         assert jobs and all(j.job_id == job_id_of(j.cfg) for j in jobs)
@@ -609,6 +610,25 @@ def test_evidence_kd2x_is_evidence_with_twice_the_kd_steps_and_nothing_else():
                                             if k not in ("kd_steps", "eval_every")}}
         assert strip(b) == strip(a), lbl
         assert j.job_id != ev[lbl].job_id
+
+
+@needs_real
+def test_evidence_lr_is_evidence_at_kd_lr_0_1_and_reuses_the_probe_rows():
+    """evidence-lr measures one lever, the KD learning rate: each job is evidence's job of the
+    same label with distill.lr 0.1, every other resolved key equal; so its seed-0 CMI and real
+    jobs are the session-13 lr-0.1 probes (results/budget-curves/*-lr0.1), whose rows it reuses."""
+    ev = {j.label: j for j in real_expand(load_preset("evidence"))}
+    lr = {j.label: j for j in real_expand(load_preset("evidence-lr"))}
+    assert lr.keys() == ev.keys()
+    for lbl, j in lr.items():
+        a, b = ev[lbl].cfg, j.cfg
+        assert a["distill"]["lr"] == 0.05 and b["distill"]["lr"] == 0.1, lbl
+        assert {**b, "distill": {**b["distill"], "lr": 0.05}} == a, lbl
+        assert j.job_id != ev[lbl].job_id
+    probes = REPO / "results" / "budget-curves"
+    for lbl, probe in (("cmi/seed0", "cmi-lr0.1"), ("real/seed0", "real-lr0.1")):
+        (job,) = [j for k, j in lr.items() if k.endswith("/" + lbl)]
+        assert (probes / probe / "rows" / f"{job.job_id}.json").is_file(), (lbl, job.job_id)
 
 
 def write_cifar10(root: Path, per_batch: int = 10, n_test: int = 20) -> None:
