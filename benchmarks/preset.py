@@ -95,12 +95,32 @@ def load_preset(name_or_file: str, params_file: str | None = None) -> Preset:
     ``params_file``: a TOML file of regularizer sections (``[stars] alpha = 0.4``, e.g. the
     tuner's output) merged into the preset's ``[params.<regularizer>]``."""
     path = find_preset(name_or_file)
-    data = load_toml(str(path))
+    data = read_preset_file(path)
     if params_file:
         data = merge_params_file(data, params_file)
     data = validate_preset(data, str(path))
     data["bench"].setdefault("name", path.stem)
     return Preset(data["bench"]["name"], str(path), data)
+
+
+def read_preset_file(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A preset's TOML with its top-level ``extends = "NAME|FILE"`` resolved: the base preset
+    (a shipped name, or a file relative to this one) deep-merged under this file's tables, so
+    a variant states only what it changes. The base's ``[bench] name`` is not inherited."""
+    data = load_toml(str(path))
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"preset {path}: extends must be a preset name or file, got {base!r}.")
+    rel = path.parent / base
+    base_path = find_preset(str(rel) if base.endswith(".toml") and not Path(base).is_absolute() else base)
+    if base_path in (*_seen, path):
+        chain = " -> ".join(str(p) for p in (*_seen, path, base_path))
+        raise ConfigError(f"preset {path}: extends forms a cycle ({chain}); remove one extends.")
+    parent = read_preset_file(base_path, (*_seen, path))
+    parent.get("bench", {}).pop("name", None)
+    return deep_merge(parent, data)
 
 
 def merge_params_file(data: dict[str, Any], params_file: str) -> dict[str, Any]:

@@ -546,8 +546,7 @@ def test_quick_preset_resolves_with_the_real_config(monkeypatch):
 @needs_real
 def test_shipped_presets_resolve_with_the_real_config(monkeypatch):
     for name in ("quick", "standard", "paper", "evidence", "evidence-field", "evidence-kd2x", "evidence-lr",
-                 "stars-ablation",
-                 "resnet18-gpu"):
+                 "stars-ablation", "resnet18-gpu"):
         jobs = real_expand(load_preset(name))
         assert jobs and all(j.job_id == job_id_of(j.cfg) for j in jobs)
     bad = load_preset("quick")
@@ -629,6 +628,28 @@ def test_evidence_lr_is_evidence_at_kd_lr_0_1_and_reuses_the_probe_rows():
     for lbl, probe in (("cmi/seed0", "cmi-lr0.1"), ("real/seed0", "real-lr0.1")):
         (job,) = [j for k, j in lr.items() if k.endswith("/" + lbl)]
         assert (probes / probe / "rows" / f"{job.job_id}.json").is_file(), (lbl, job.job_id)
+
+
+def test_extends_merges_the_base_under_the_variant_and_rejects_cycles(tmp_path):
+    """A preset file with extends = BASE is BASE's tables deep-merged under its own: the keys it
+    sets win, the rest are BASE's, the name is its own; a base may be a file next to it, and a
+    cycle of extends is a ConfigError that names it."""
+    base = load_preset("evidence").data
+    (tmp_path / "v.toml").write_text('extends = "evidence"\n[distill]\nlr = 0.2\n')
+    v = load_preset(str(tmp_path / "v.toml"))
+    assert v.name == "v" and v.data["distill"]["lr"] == 0.2
+    assert {**v.data["distill"], "lr": base["distill"]["lr"]} == base["distill"]
+    assert v.data["budget"] == base["budget"] and v.data["bench"]["seeds"] == base["bench"]["seeds"]
+    (tmp_path / "w.toml").write_text('extends = "v.toml"\n[bench]\nseeds = [7]\n')
+    w = load_preset(str(tmp_path / "w.toml"))
+    assert w.data["distill"]["lr"] == 0.2 and w.data["bench"]["seeds"] == [7]
+    (tmp_path / "a.toml").write_text('extends = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('extends = "a.toml"\n')
+    with pytest.raises(ConfigError, match="cycle"):
+        load_preset(str(tmp_path / "a.toml"))
+    (tmp_path / "u.toml").write_text('extends = "evidance"\n')
+    with pytest.raises(UnknownNameError, match="evidence"):
+        load_preset(str(tmp_path / "u.toml"))
 
 
 def write_cifar10(root: Path, per_batch: int = 10, n_test: int = 20) -> None:
