@@ -612,22 +612,27 @@ def test_evidence_kd2x_is_evidence_with_twice_the_kd_steps_and_nothing_else():
 
 
 @needs_real
-def test_evidence_lr_is_evidence_at_kd_lr_0_1_and_reuses_the_probe_rows():
-    """evidence-lr measures one lever, the KD learning rate: each job is evidence's job of the
-    same label with distill.lr 0.1, every other resolved key equal; so its seed-0 CMI and real
-    jobs are the session-13 lr-0.1 probes (results/budget-curves/*-lr0.1), whose rows it reuses."""
-    ev = {j.label: j for j in real_expand(load_preset("evidence"))}
-    lr = {j.label: j for j in real_expand(load_preset("evidence-lr"))}
+@pytest.mark.parametrize("variant, base, probes", [
+    ("evidence-lr", "evidence", {"cmi/seed0": "cmi-lr0.1", "real/seed0": "real-lr0.1"}),
+    ("evidence-kd2x-lr", "evidence-kd2x", {"fast/seed0": "fast-120kd-lr0.1"}),
+])
+def test_lr_variant_is_its_base_at_kd_lr_0_1_and_reuses_the_probe_rows(variant, base, probes):
+    """evidence-lr (evidence-kd2x-lr) measures one lever, the KD learning rate: each job is
+    evidence's (evidence-kd2x's) job of the same label with distill.lr 0.1, every other resolved
+    key equal; so its seed-0 probe jobs are the session-13 lr-0.1 probes
+    (results/budget-curves/*lr0.1), whose rows it reuses."""
+    ev = {j.label: j for j in real_expand(load_preset(base))}
+    lr = {j.label: j for j in real_expand(load_preset(variant))}
     assert lr.keys() == ev.keys()
     for lbl, j in lr.items():
         a, b = ev[lbl].cfg, j.cfg
         assert a["distill"]["lr"] == 0.05 and b["distill"]["lr"] == 0.1, lbl
         assert {**b, "distill": {**b["distill"], "lr": 0.05}} == a, lbl
         assert j.job_id != ev[lbl].job_id
-    probes = REPO / "results" / "budget-curves"
-    for lbl, probe in (("cmi/seed0", "cmi-lr0.1"), ("real/seed0", "real-lr0.1")):
+    root = REPO / "results" / "budget-curves"
+    for lbl, probe in probes.items():
         (job,) = [j for k, j in lr.items() if k.endswith("/" + lbl)]
-        assert (probes / probe / "rows" / f"{job.job_id}.json").is_file(), (lbl, job.job_id)
+        assert (root / probe / "rows" / f"{job.job_id}.json").is_file(), (lbl, job.job_id)
 
 
 def test_extends_merges_the_base_under_the_variant_and_rejects_cycles(tmp_path):
