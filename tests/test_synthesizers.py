@@ -418,7 +418,7 @@ def test_other_config_errors():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_bf16_synthesis_follows_the_fp32_trajectory(name):
+def test_bf16_synthesis_follows_the_fp32_trajectory(monkeypatch, name):
     """``run.precision = "bf16"`` wraps the whole synthesize() call, optimizer steps included, in
     one autocast context: the inner optimization must still move what the networks see, step by
     step as in fp32 (BN term within 0.2% at every inner step; bf16 rounding alone is ~1e-4).
@@ -430,20 +430,11 @@ def test_bf16_synthesis_follows_the_fp32_trajectory(name):
     for prec in ("fp32", "bf16"):
         syn = build(name, **({"iterations": 8} if name in ("deepinversion", "cmi") else {}))
         vals: list[float] = []
-        module = sys.modules[type(syn).__module__]
-        real = module.total_loss
-
-        def spy(terms, where, step, vals=vals, real=real):
-            vals.append(float(terms["bn"].detach()))
-            return real(terms, where, step)
-
-        module.total_loss = spy
-        try:
+        with monkeypatch.context() as m:
+            spy_total_loss(m, syn, lambda terms, vals=vals: vals.append(float(terms["bn"].detach())))
             torch.manual_seed(1)
             with autocast(prec, "cpu", "synthesis"):
                 syn.synthesize()
-        finally:
-            module.total_loss = real
         traj[prec] = vals
     assert len(traj["fp32"]) >= 2 and len(traj["bf16"]) == len(traj["fp32"])
     assert traj["bf16"] == pytest.approx(traj["fp32"], rel=2e-3)
