@@ -28,7 +28,7 @@ from baselines.errors import ConfigError, DataError, UnknownNameError
 from benchmarks import executors, jobs as jobs_mod, runner
 from benchmarks.cost import cost_model
 from benchmarks.jobs import filter_jobs, job_id_of
-from benchmarks.preset import load_preset
+from benchmarks.preset import load_preset, preset_names
 from benchmarks.rows import ROWS_SCHEMA
 from benchmarks.runner import BenchOptions, run_bench
 from benchmarks.scratch import run_scratch
@@ -545,8 +545,7 @@ def test_quick_preset_resolves_with_the_real_config(monkeypatch):
 @pytest.mark.slow
 @needs_real
 def test_shipped_presets_resolve_with_the_real_config(monkeypatch):
-    for name in ("quick", "standard", "paper", "evidence", "evidence-field", "evidence-kd2x", "evidence-lr",
-                 "stars-ablation", "resnet18-gpu"):
+    for name in preset_names():  # every shipped preset, so a new one cannot be missed
         jobs = real_expand(load_preset(name))
         assert jobs and all(j.job_id == job_id_of(j.cfg) for j in jobs)
     bad = load_preset("quick")
@@ -594,21 +593,26 @@ def test_stars_ablation_reuses_evidence_rows_and_its_seedtar_cell_differs_only_i
         assert run(j.cfg) == run(stars), lbl
 
 
+def pair_variant_jobs(base: str, variant: str, changed: tuple[str, ...]) -> dict[str, tuple[dict, dict]]:
+    """{label: (base cfg, variant cfg)} of two presets whose jobs must differ only in the
+    ``changed`` distill keys: same labels, every other resolved key equal, other job ids."""
+    ev = {j.label: j for j in real_expand(load_preset(base))}
+    var = {j.label: j for j in real_expand(load_preset(variant))}
+    assert var.keys() == ev.keys()
+    strip = lambda c: {**c, "distill": {k: v for k, v in c["distill"].items() if k not in changed}}  # noqa: E731
+    for lbl, j in var.items():
+        assert strip(j.cfg) == strip(ev[lbl].cfg), lbl
+        assert j.job_id != ev[lbl].job_id
+    return {lbl: (ev[lbl].cfg, j.cfg) for lbl, j in var.items()}
+
+
 @needs_real
 def test_evidence_kd2x_is_evidence_with_twice_the_kd_steps_and_nothing_else():
     """evidence-kd2x measures one lever, the KD steps: each of its jobs is evidence's job of the
     same label with distill.kd_steps doubled and accuracy every second epoch, every other
     resolved key equal."""
-    ev = {j.label: j for j in real_expand(load_preset("evidence"))}
-    kd2x = {j.label: j for j in real_expand(load_preset("evidence-kd2x"))}
-    assert kd2x.keys() == ev.keys()
-    for lbl, j in kd2x.items():
-        a, b = ev[lbl].cfg, j.cfg
+    for lbl, (a, b) in pair_variant_jobs("evidence", "evidence-kd2x", ("kd_steps", "eval_every")).items():
         assert b["distill"]["kd_steps"] == 2 * a["distill"]["kd_steps"] and b["distill"]["eval_every"] == 2, lbl
-        strip = lambda c: {**c, "distill": {k: v for k, v in c["distill"].items()  # noqa: E731
-                                            if k not in ("kd_steps", "eval_every")}}
-        assert strip(b) == strip(a), lbl
-        assert j.job_id != ev[lbl].job_id
 
 
 @needs_real
@@ -621,18 +625,14 @@ def test_lr_variant_is_its_base_at_kd_lr_0_1_and_reuses_the_probe_rows(variant, 
     evidence's (evidence-kd2x's) job of the same label with distill.lr 0.1, every other resolved
     key equal; so its seed-0 probe jobs are the session-13 lr-0.1 probes
     (results/budget-curves/*lr0.1), whose rows it reuses."""
-    ev = {j.label: j for j in real_expand(load_preset(base))}
-    lr = {j.label: j for j in real_expand(load_preset(variant))}
-    assert lr.keys() == ev.keys()
-    for lbl, j in lr.items():
-        a, b = ev[lbl].cfg, j.cfg
+    pairs = pair_variant_jobs(base, variant, ("lr",))
+    for lbl, (a, b) in pairs.items():
         assert a["distill"]["lr"] == 0.05 and b["distill"]["lr"] == 0.1, lbl
-        assert {**b, "distill": {**b["distill"], "lr": 0.05}} == a, lbl
-        assert j.job_id != ev[lbl].job_id
     root = REPO / "results" / "budget-curves"
     for lbl, probe in probes.items():
-        (job,) = [j for k, j in lr.items() if k.endswith("/" + lbl)]
-        assert (root / probe / "rows" / f"{job.job_id}.json").is_file(), (lbl, job.job_id)
+        (cfg,) = [b for k, (_, b) in pairs.items() if k.endswith("/" + lbl)]
+        job_id = job_id_of(cfg)
+        assert (root / probe / "rows" / f"{job_id}.json").is_file(), (lbl, job_id)
 
 
 def test_extends_merges_the_base_under_the_variant_and_rejects_cycles(tmp_path):
