@@ -30,9 +30,12 @@ equality of B vs A is checked on one input in fp32; E's convolutions sum in anot
 so E vs D (eager, same input) is reported as a spike mismatch fraction and a logit
 difference, at the start and after ``--drift-steps`` SGD steps of both on the same batches.
 
-``--precision fp32,bf16`` times today's path (A) under each ``run.precision`` instead
-(:func:`baselines.precision.autocast` around the training step, and an eval forward),
-interleaved the same way. On an AVX2-only AMD EPYC (no native bf16) bf16 was ~10x slower.
+``--precision fp32,bf16`` times the variants of ``--variants`` (default: today's path A)
+under each ``run.precision`` instead (:func:`baselines.precision.autocast` around the
+training step, and an eval forward), interleaved the same way; ratios are to the first
+variant at the first precision. ``--variants A,C`` puts the issue's baseline (A, fp32) beside
+the path the evidence presets run (C) in each precision. On an AVX2-only AMD EPYC (no native
+bf16) bf16 was ~10x slower.
 """
 from __future__ import annotations
 
@@ -233,55 +236,83 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def precision_variants(names: str) -> list[str]:
+    """The variant keys of ``--variants`` ("A,C"), checked against :data:`VARIANTS`."""
+    keys = [k.strip().upper() for k in names.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in VARIANTS]
+    if unknown or not keys:
+        raise SystemExit(f"--variants {names!r}: unknown variant(s) {unknown}; known: "
+                         f"{', '.join(f'{k} ({v[3]})' for k, v in VARIANTS.items())}")
+    return keys
+
+
 def run_precision(args) -> dict:
-    """Variant A's training step and eval forward under each precision of ``args.precision``."""
-    from baselines.precision import autocast
+    """Training step and eval forward of each variant of ``args.variants`` under each
+    precision of ``args.precision`` (same weights); ratios to the first (variant, precision)."""
+    from baselines.errors import ConfigError
+    from baselines.precision import autocast, check_precision
 
     torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
     precs = [p.strip() for p in args.precision.split(",") if p.strip()]
+    try:
+        for p in precs:
+            check_precision(p, dev)
+    except ConfigError as e:
+        raise SystemExit(f"--precision {args.precision!r}: {e}") from None
+    keys = precision_variants(args.variants)
     ref = build(args.student, args.T, "eager", False, 32, None)
     state = {k: v.clone() for k, v in ref.state_dict().items()}
-    dev = torch.device(args.device)
-    x = torch.randn(args.batch, 1, 32, 32, generator=torch.Generator().manual_seed(1)).to(dev)
-    models = {p: build(args.student, args.T, "eager", False, 32, state).to(dev) for p in precs}
-    opts = {p: torch.optim.SGD(models[p].parameters(), lr=1e-6, momentum=0.9) for p in precs}
-    train = {p: [] for p in precs}
-    evals = {p: [] for p in precs}
-    for r in range(args.repeats + 1):  # round 0 is a warm-up
-        for p in precs:
+    x32 = torch.randn(args.batch, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    inputs = {32: x32.to(dev), 28: x32[:, :, 2:30, 2:30].contiguous().to(dev)}
+    rows = [(v, p) for v in keys for p in precs]
+    labels = {f"{v} {p}": f"{VARIANTS[v][3]}, {p}" for v, p in rows}
+    models, opts, xs = {}, {}, {}
+    for v, p in rows:
+        backend, once, size, _ = VARIANTS[v]
+        models[v, p] = build(args.student, args.T, backend, once, size, state).to(dev)
+        opts[v, p] = torch.optim.SGD(models[v, p].parameters(), lr=1e-6, momentum=0.9)
+        xs[v, p] = inputs[size]
+    train = {r: [] for r in rows}
+    evals = {r: [] for r in rows}
+    for r in range(args.repeats + 1):  # round 0 is a warm-up (and the compile of C-F)
+        for v, p in rows:
+            model, x = models[v, p], xs[v, p]
             sync(dev)
             t0 = time.perf_counter()
             with autocast(p, dev.type):
-                step(models[p], opts[p], x)
+                step(model, opts[v, p], x)
             sync(dev)
             t1 = time.perf_counter()
             with torch.no_grad(), autocast(p, dev.type, "eval"):
-                models[p].eval()(x)
+                model.eval()(x)
             sync(dev)
-            models[p].train()
+            model.train()
             if r:
-                train[p].append(t1 - t0)
-                evals[p].append(time.perf_counter() - t1)
-    med = {p: statistics.median(v) for p, v in train.items()}
-    med_e = {p: statistics.median(v) for p, v in evals.items()}
+                train[v, p].append(t1 - t0)
+                evals[v, p].append(time.perf_counter() - t1)
+    med = {f"{v} {p}": statistics.median(train[v, p]) for v, p in rows}
+    med_e = {f"{v} {p}": statistics.median(evals[v, p]) for v, p in rows}
+    base = f"{rows[0][0]} {rows[0][1]}"
     return {"machine": _machine(dev),
             "student": args.student, "batch": args.batch, "T": args.T, "repeats": args.repeats,
-            "train_median_s": med, "eval_median_s": med_e,
-            "train_ratio_to_fp32": {p: med[p] / med[precs[0]] for p in precs},
-            "eval_ratio_to_fp32": {p: med_e[p] / med_e[precs[0]] for p in precs}}
+            "labels": labels, "baseline": base, "train_median_s": med, "eval_median_s": med_e,
+            "train_ratio": {k: med[base] / med[k] for k in med},
+            "eval_ratio": {k: med_e[base] / med_e[k] for k in med_e}}
 
 
 def precision_table(r: dict) -> str:
     m = r["machine"]
-    first = next(iter(r["train_median_s"]))
-    lines = [f"spiking student under run.precision (variant A, autocast): {r['student']}, batch {r['batch']}, "
+    base = r["baseline"]
+    lines = [f"spiking student under run.precision (autocast): {r['student']}, batch {r['batch']}, "
              f"T={r['T']}, median of {r['repeats']} interleaved rounds",
              f"machine: {m['processor']} | {m['platform']} | torch {m['torch']} | threads {m['threads']}"
              f" | device {m['device']}", "",
-             f"{'precision':10} {'train step s':>13} {'x ' + first:>8} {'eval fwd s':>11} {'x ' + first:>8}"]
-    for p in r["train_median_s"]:
-        lines.append(f"{p:10} {r['train_median_s'][p]:13.3f} {r['train_ratio_to_fp32'][p]:8.2f} "
-                     f"{r['eval_median_s'][p]:11.3f} {r['eval_ratio_to_fp32'][p]:8.2f}")
+             f"{'':8} {'variant, precision':40} {'train step s':>13} {base + ' / x':>14} "
+             f"{'eval fwd s':>11} {base + ' / x':>14}"]
+    for k, label in r["labels"].items():
+        lines.append(f"{k:8} {label:40} {r['train_median_s'][k]:13.3f} {r['train_ratio'][k]:14.2f} "
+                     f"{r['eval_median_s'][k]:11.3f} {r['eval_ratio'][k]:14.2f}")
     return "\n".join(lines)
 
 
@@ -301,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="where the steps run (cpu, cuda): timers wait for the device's queued kernels")
     p.add_argument("--precision", metavar="LIST", default=None,
                    help="compare run.precision values instead, e.g. fp32,bf16 (the first is the baseline)")
+    p.add_argument("--variants", metavar="LIST", default="A",
+                   help="with --precision: the variants to time in each precision, e.g. A,C "
+                        "(the first variant at the first precision is the baseline)")
     args = p.parse_args(argv)
     r = run_precision(args) if args.precision else run(args)
     print(precision_table(r) if args.precision else table(r))

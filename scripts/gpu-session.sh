@@ -84,11 +84,12 @@ log "setup done; stages: $STAGES"
 
 # speed, alone on the device: the spiking student's training step (variants A-F of
 # benchmarks.spiking_speed; on CUDA the compiled neuron backends fall back to SpikingJelly's own
-# kernels) and the same step under run.precision fp32 / bf16.
+# kernels) and the same step under run.precision fp32 / bf16 (today's path A and the evidence
+# presets' path C).
 if has speed; then
   timeout 45 $PY -m benchmarks.spiking_speed --device "$DEV" --batch 64 --repeats 5 --drift-steps 0 \
     --json "$W/spiking_speed.json" > "$W/spiking_speed.txt" 2>&1
-  timeout 30 $PY -m benchmarks.spiking_speed --device "$DEV" --batch 64 --repeats 5 --precision fp32,bf16 \
+  timeout 40 $PY -m benchmarks.spiking_speed --device "$DEV" --batch 64 --repeats 5 --precision fp32,bf16 --variants A,C \
     --json "$W/spiking_speed_precision.json" > "$W/spiking_speed_precision.txt" 2>&1
   log "speed done"; grep -v "^W1\|warn" "$W"/spiking_speed*.txt
 fi

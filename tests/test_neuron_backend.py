@@ -194,3 +194,21 @@ def test_against_eager_nchw_within_the_measured_tolerance():
     assert rows[0]["spike_mismatch"] <= 1e-3 and rows[0]["max_logit_diff"] <= 0.05
     assert all(r["spike_mismatch"] <= 2e-2 and r["max_logit_diff"] <= 0.2 for r in rows)
     assert rows[-1]["max_weight_diff"] <= 1e-2
+
+
+def test_speed_precision_mode_times_every_variant_in_every_precision_and_rejects_bad_names():
+    """``--precision fp32,bf16 --variants A,D``: one timed row per (variant, precision),
+    ratios to the first; an unknown variant or fp16 on a CPU stops before any model is built,
+    naming the known variants / what to use instead."""
+    from benchmarks.spiking_speed import main, precision_variants, run_precision
+
+    args = type("Args", (), dict(threads=1, batch=2, T=2, repeats=1, student="spiking_smallcnn",
+                                 device="cpu", precision="fp32,bf16", variants="a,D"))()
+    r = run_precision(args)
+    assert list(r["labels"]) == ["A fp32", "A bf16", "D fp32", "D bf16"]
+    assert r["baseline"] == "A fp32" and r["train_ratio"]["A fp32"] == 1.0
+    assert all(r["train_median_s"][k] > 0 and r["eval_median_s"][k] > 0 for k in r["labels"])
+    with pytest.raises(SystemExit, match=r"unknown variant\(s\) \['Q'\]; known: A \(eager"):
+        precision_variants("A,Q")
+    with pytest.raises(SystemExit, match="needs a CUDA device"):
+        main(["--precision", "fp32,fp16", "--variants", "Q"])
