@@ -413,6 +413,30 @@ def test_nayer_skips_kd_during_its_warmup():
     assert res.history[0]["kd_loss"] is None and res.history[1]["kd_loss"] is not None
 
 
+@pytest.mark.parametrize("name", ["cmi", "fast"])
+def test_evaluating_more_often_does_not_change_the_run(name):
+    """A learning curve costs evaluations, not a different run: with ``eval_every`` 1 and
+    with only the last epoch evaluated, the same seed gives the same student, bit for bit, and
+    the same final accuracy (evaluation switches the student to eval mode and back and draws
+    no random numbers), so a preset that thins the curve to save time measures the same runs."""
+    cfg = SHARE_CFG["cmi"] if name == "cmi" else FAST_TINY
+    test = (torch.randint(0, 256, (12, 1, 8, 8), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(3)), torch.arange(12) % 3)
+    out = {}
+    for every in (1, 3):
+        torch.manual_seed(0)
+        t, s = tiny_pair()
+        syn = SYNTHESIZERS.get(name)(SynthesisSetup(t, s, TINY_SPEC), dict(cfg))
+        res = distill(syn, test, DistillConfig(epochs=3, kd_steps=2, batch_size=4, lr=0.1, eval_every=every))
+        out[every] = (s.state_dict(), res)
+    (s1, r1), (s3, r3) = out[1], out[3]
+    assert [h.get("test_acc") is not None for h in r1.history] == [True, True, True]
+    assert [h.get("test_acc") is not None for h in r3.history] == [False, False, True]
+    assert r1.history[-1]["test_acc"] == r3.history[-1]["test_acc"]
+    assert [h["kd_loss"] for h in r1.history] == [h["kd_loss"] for h in r3.history]
+    assert all(torch.equal(s1[k], s3[k]) for k in s1), "an evaluation changed the student"
+
+
 @pytest.mark.parametrize("schedule", ["cosine-epoch", "cosine-step"])
 def test_cosine_schedule_ends_at_eta_min(schedule):
     t, s = tiny_pair()
