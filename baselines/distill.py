@@ -22,6 +22,7 @@ How synthesis sees the student (``synthesis_student_mode``): see
 from __future__ import annotations
 
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -211,12 +212,14 @@ def distill(synth: Synthesizer, test: tuple[Tensor, Tensor], cfg: DistillConfig 
     continues after its epoch with the same numbers as an uninterrupted run.
     ``precision``: "fp32" | "bf16" | "fp16" (:mod:`baselines.precision`).
     """
-    from .precision import autocast, check_precision, grad_scaler
+    from .precision import autocast, check_precision, grad_scaler, slow_precision_warning
 
     cfg = cfg or DistillConfig()
     teacher, student, spec, regs = synth.teacher, synth.student, synth.spec, synth.regularizers
     device = synth.device
     check_precision(precision, device)
+    if (slow := slow_precision_warning(precision, device)) is not None:
+        warnings.warn(slow, stacklevel=2)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

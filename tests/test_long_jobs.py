@@ -160,6 +160,51 @@ def test_bf16_runs_on_cpu_and_is_recorded(tmp_path):
     assert row["config_hash"] != config_hash(resolve_config(tiny(epochs=1, metrics_images=0)))
 
 
+AVX2_CPUINFO = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx avx2 fma\n"
+AVX512_BF16_CPUINFO = "flags\t\t: fpu avx2 avx512f avx512_bf16\n"
+ARM_BF16_CPUINFO = "Features\t: fp asimd sve bf16 i8mm\n"
+
+
+def test_native_bf16_is_read_from_cpuinfo_flags():
+    from baselines.precision import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16(AVX2_CPUINFO) is False
+    assert cpu_has_native_bf16(AVX512_BF16_CPUINFO) is True
+    assert cpu_has_native_bf16(ARM_BF16_CPUINFO) is True
+    assert cpu_has_native_bf16("model name : something\n") is None  # no flags line: unknown
+
+
+@pytest.mark.parametrize("precision,device,cpuinfo,warns", [
+    ("bf16", "cpu", AVX2_CPUINFO, True),
+    ("bf16", "cpu", AVX512_BF16_CPUINFO, False),
+    ("bf16", "cpu", "", False),          # cannot tell: say nothing
+    ("fp32", "cpu", AVX2_CPUINFO, False),
+    ("bf16", "cuda", AVX2_CPUINFO, False),
+])
+def test_bf16_on_a_cpu_without_native_bfloat16_is_warned_about(precision, device, cpuinfo, warns):
+    from baselines.precision import slow_precision_warning
+
+    msg = slow_precision_warning(precision, device, cpuinfo)
+    assert (msg is not None) == warns
+    if warns:
+        assert "10x slower" in msg and "run.precision = 'fp32'" in msg
+
+
+def test_a_bf16_job_on_an_emulating_cpu_warns_in_its_log_and_on_stderr(tmp_path, monkeypatch):
+    import baselines.precision as P
+
+    real = P.cpu_has_native_bf16
+    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda cpuinfo=None: real(AVX2_CPUINFO))
+    with pytest.warns(UserWarning, match="without native bfloat16"):
+        row = run_job(tiny(epochs=1, precision="bf16", metrics_images=0), str(tmp_path))
+    assert row["status"] == "ok", row["error"]
+    log = (tmp_path / LOG).read_text()
+    assert "warning: run.precision = 'bf16' on a CPU without native bfloat16" in log
+    fp32 = tmp_path / "fp32"
+    run_job(tiny(epochs=1, metrics_images=0), str(fp32))
+    assert "warning" not in (fp32 / LOG).read_text()
+
+
 def test_bench_progress_counts_running_jobs_and_estimates_the_eta(tmp_path):
     from benchmarks.jobs import Job
     from benchmarks.progress import BenchProgress
