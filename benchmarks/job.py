@@ -346,10 +346,14 @@ def run_job(cfg: dict[str, Any], out_dir: str | None = None,
         "git_commit": git_commit(), "versions": package_versions(), "started": now_iso(),
         "finished": None,
     }
+    from baselines.precision import slow_precision_warning
+
     from .longjob import JobHooks
 
     prep = prepare(cfg)  # a preflight error raises: nothing computed, nothing written
     hooks = JobHooks(cfg, out_dir, h) if out_dir is not None else None
+    if hooks is not None and (slow := slow_precision_warning(run["precision"], prep.device)) is not None:
+        hooks.log(f"warning: {slow}")  # distill() warns on stderr; the log keeps it with the job
     spec = prep.bundle.spec
     row.update(device=str(prep.device), n_train=len(prep.train[1]), n_test=len(prep.test[1]),
                n_val=len(prep.val[1]) if prep.val is not None else 0, data_source=prep.bundle.source,

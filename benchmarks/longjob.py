@@ -103,25 +103,11 @@ class JobHooks:
             self.tb = SummaryWriter(log_dir=str(self.out / TB_DIR))
         self.n_batches = 0
         self.log(f"job {config_hash}: {config_summary(cfg)}")
-        self._warn_slow_precision(run)
 
     # ------------------------------------------------------------------ log
     def log(self, line: str) -> None:
         with open(self.out / LOG, "a", encoding="utf-8") as fh:
             fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {line}\n")
-
-    def _warn_slow_precision(self, run: dict[str, Any]) -> None:
-        """bf16 asked for on a CPU without native bfloat16: say so in the log, before hours go."""
-        from baselines.errors import ConfigError
-        from baselines.precision import slow_precision_warning
-        from baselines.provenance import pick_device
-
-        try:
-            device = pick_device(run["device"])
-        except ConfigError:  # the job itself reports it
-            return
-        if (slow := slow_precision_warning(run.get("precision", "fp32"), device)) is not None:
-            self.log(f"warning: {slow}")
 
     def resume(self, row: dict[str, Any]) -> dict[str, Any] | None:
         """The loop state of this job's checkpoint (None: start afresh); records

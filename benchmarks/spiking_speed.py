@@ -152,6 +152,12 @@ def drift(student: str, T: int, size: int, batch: int, steps: int, lr: float = 0
     return rows
 
 
+def _inputs(batch: int, dev: torch.device) -> dict[int, torch.Tensor]:
+    """The timed batch by image size: random 32x32 images and their 28x28 centre crop."""
+    x32 = torch.randn(batch, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    return {32: x32.to(dev), 28: x32[:, :, 2:30, 2:30].contiguous().to(dev)}
+
+
 def run(args) -> dict:
     from torch._dynamo.utils import counters
 
@@ -160,18 +166,14 @@ def run(args) -> dict:
     ref = build(args.student, args.T, "eager", False, 32, None)
     state = {k: v.clone() for k, v in ref.state_dict().items()}
     models, opts, inputs, warm = {}, {}, {}, {}
-    g = torch.Generator().manual_seed(1)
-    x32 = torch.randn(args.batch, 1, 32, 32, generator=g)
-    x28 = x32[:, :, 2:30, 2:30].contiguous()
     dev = torch.device(args.device)
-    x32 = x32.to(dev)
-    x28 = x28.to(dev)
+    x = _inputs(args.batch, dev)
     for k, (backend, once, size, _) in variants.items():
         models[k] = build(args.student, args.T, backend, once, size, state).to(dev)
         opts[k] = torch.optim.SGD(models[k].parameters(), lr=1e-6, momentum=0.9)
-        inputs[k] = x32 if size == 32 else x28
-    equal = spike_diff(models["A"], models["B"], x32)[0] == 0
-    e_vs_d = spike_diff(models["D"], models["E"], x28)
+        inputs[k] = x[size]
+    equal = spike_diff(models["A"], models["B"], x[32])[0] == 0
+    e_vs_d = spike_diff(models["D"], models["E"], x[28])
     for k in variants:  # warm-up step (compile / cache load): timed apart
         sync(dev)
         t0 = time.perf_counter()
@@ -263,8 +265,7 @@ def run_precision(args) -> dict:
     keys = precision_variants(args.variants)
     ref = build(args.student, args.T, "eager", False, 32, None)
     state = {k: v.clone() for k, v in ref.state_dict().items()}
-    x32 = torch.randn(args.batch, 1, 32, 32, generator=torch.Generator().manual_seed(1))
-    inputs = {32: x32.to(dev), 28: x32[:, :, 2:30, 2:30].contiguous().to(dev)}
+    inputs = _inputs(args.batch, dev)
     rows = [(v, p) for v in keys for p in precs]
     labels = {f"{v} {p}": f"{VARIANTS[v][3]}, {p}" for v, p in rows}
     models, opts, xs = {}, {}, {}
