@@ -319,6 +319,7 @@ def run_job(cfg: dict[str, Any], out_dir: str | None = None,
     "pruned" is written when a tuner prunes, then the exception propagates), error,
     error_type, traceback, config, config_hash, git_commit, versions, started, finished.
     """
+    from baselines.precision import slow_precision_warning
     from baselines.provenance import git_commit, now_iso, package_versions, peak_rss_mb
 
     from .outputs import write_or_keep
@@ -346,8 +347,6 @@ def run_job(cfg: dict[str, Any], out_dir: str | None = None,
         "git_commit": git_commit(), "versions": package_versions(), "started": now_iso(),
         "finished": None,
     }
-    from baselines.precision import slow_precision_warning
-
     from .longjob import JobHooks
 
     prep = prepare(cfg)  # a preflight error raises: nothing computed, nothing written
