@@ -20,6 +20,17 @@ def shipped_presets() -> list[str]:
     return preset_names()
 
 
+def _seeds(spec: str) -> list[int]:
+    from baselines.errors import ConfigError
+
+    from .preset import parse_seeds
+
+    try:
+        return parse_seeds(spec)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", required=True, metavar="NAME|FILE",
                    help=f"a shipped preset ({', '.join(shipped_presets()) or 'none found'}) or a preset TOML file")
@@ -39,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value of every job that has the section (e.g. "
                         "--set distill.epochs=2); executor.<name>.<key>=V sets an executor option")
+    p.add_argument("--seeds", type=_seeds, metavar="SPEC",
+                   help="replace the preset's seeds, e.g. --seeds 0-6 (or 5,6): more seeds for an existing "
+                        "--out directory run only the new jobs; its rows of other seeds stay in the table")
     p.add_argument("--data-root", metavar="DIR", help="where the datasets are (run.data_root)")
     p.add_argument("--download", action="store_true", help="download missing datasets (run.download)")
     p.add_argument("--tensorboard", action="store_true",
@@ -67,7 +81,7 @@ def options(args: argparse.Namespace):
 
     return BenchOptions(preset=args.preset, out=args.out, executor=args.executor, workers=args.workers,
                         only=list(args.only or []), dry_run=args.dry_run, retry_failed=args.retry_failed,
-                        params_file=args.params_file, data_root=args.data_root,
+                        params_file=args.params_file, data_root=args.data_root, seeds=args.seeds,
                         sets=[*(args.set or []), *(["run.download=true"] if args.download else []),
                               *(["run.tensorboard=true"] if args.tensorboard else [])],
                         report=not args.no_report, argv=list(getattr(args, "argv", None) or sys.argv[1:]))

@@ -103,6 +103,29 @@ def load_preset(name_or_file: str, params_file: str | None = None) -> Preset:
     return Preset(data["bench"]["name"], str(path), data)
 
 
+def parse_seeds(spec: str) -> list[int]:
+    """``"0-6"``, ``"5,6"`` or ``"0-4,7"`` -> sorted distinct seeds (``dfkd bench --seeds``)."""
+    seeds: set[int] = set()
+    for part in (p.strip() for p in str(spec).split(",")):
+        lo, sep, hi = part.partition("-")
+        try:
+            a, b = (int(lo), int(hi)) if sep else (int(part), int(part))
+        except ValueError:
+            a, b = 0, -1
+        if not part or a > b or a < 0:
+            raise ConfigError(f"--seeds {spec!r}: {part!r} is not a seed (an integer >= 0) or a range such as "
+                              "0-6; write e.g. --seeds 0-6 or --seeds 5,6.")
+        seeds.update(range(a, b + 1))
+    return sorted(seeds)
+
+
+def with_seeds(preset: Preset, seeds: Iterable[int]) -> Preset:
+    """The preset with ``[bench].seeds`` replaced (a copy; job ids of a seed do not depend on the others)."""
+    data = copy.deepcopy(preset.data)
+    data["bench"]["seeds"] = sorted(set(seeds))
+    return Preset(preset.name, preset.source, data)
+
+
 def read_preset_file(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A preset's TOML with its top-level ``extends = "NAME|FILE"`` resolved: the base preset
     (a shipped name, or a file relative to this one) deep-merged under this file's tables, so

@@ -28,7 +28,7 @@ from .jobs import Job, Resolver, expand, filter_jobs, teacher_keys
 from .outputs import bench_lock, check_out_dir_writable
 from .preflight import check_datasets, prepare_teachers
 from .progress import BenchProgress
-from .preset import EXECUTORS, Preset, load_preset, split_sets, validate_preset  # noqa: F401 - re-exported
+from .preset import EXECUTORS, Preset, load_preset, split_sets, validate_preset, with_seeds  # noqa: F401 - re-exported
 from .rows import ResultRow
 from .store import check_out_dir, corrupt_rows, job_state, pending, read_rows, remove_partial_writes, write_manifest
 
@@ -47,6 +47,7 @@ class BenchOptions:
     params_file: str | None = None  # --params (alias --stars-params): TOML merged into [params]
     sets: list[str] = field(default_factory=list)
     data_root: str | None = None
+    seeds: list[int] | None = None  # --seeds: replaces the preset's [bench].seeds
     report: bool = True
     argv: list[str] | None = None
     progress_every: float = 60.0  # seconds between progress lines on stderr while jobs run (0 = none)
@@ -85,6 +86,8 @@ def dry_run_text(preset: Preset, jobs: list[Job], rows: dict[str, ResultRow], wo
 def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> int:
     """Expand, check, run and report a benchmark; returns the exit code (1 if a job failed)."""
     preset = load_preset(opts.preset, opts.params_file)
+    if opts.seeds:
+        preset = with_seeds(preset, opts.seeds)
     _, ex_sets = split_sets(opts.sets)
     for name, ex_set in ex_sets.items():
         check_options(name, ex_set, f"--set executor.{name}")
@@ -109,10 +112,18 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> int:
         return _run_locked(opts, preset, all_jobs, jobs, out, workers, ex_opts, log)
 
 
+def _known_ids(preset: Preset, opts: BenchOptions, all_jobs: list[Job], rows: dict[str, ResultRow]) -> list[str]:
+    """Job ids this preset's rows may have: its expansion plus the same cells at the other
+    seeds found in the directory (added with --seeds), so those rows are not foreign."""
+    other = sorted({r.seed for r in rows.values() if isinstance(r.seed, int)} - set(preset.bench["seeds"]))
+    extra = expand(with_seeds(preset, other), opts.sets, opts.data_root, resolve=opts.resolve) if other else []
+    return [j.job_id for j in [*all_jobs, *extra]]
+
+
 def _run_locked(opts: BenchOptions, preset: Preset, all_jobs: list[Job], jobs: list[Job], out: Path,
                 workers: int, ex_opts: dict[str, Any], log: Callable[[str], None]) -> int:
     rows = read_rows(out)
-    for w in check_out_dir(out, preset.name, [j.job_id for j in all_jobs]):
+    for w in check_out_dir(out, preset.name, _known_ids(preset, opts, all_jobs, rows)):
         log(f"warning: {w}")
     bad = corrupt_rows(out)
     if bad:

@@ -28,7 +28,7 @@ from baselines.errors import ConfigError, DataError, UnknownNameError
 from benchmarks import executors, jobs as jobs_mod, runner
 from benchmarks.cost import cost_model
 from benchmarks.jobs import filter_jobs, job_id_of
-from benchmarks.preset import load_preset, preset_names
+from benchmarks.preset import load_preset, parse_seeds, preset_names
 from benchmarks.rows import ROWS_SCHEMA
 from benchmarks.runner import BenchOptions, run_bench
 from benchmarks.scratch import run_scratch
@@ -339,6 +339,30 @@ def test_run_writes_one_row_per_job_and_skips_finished_rows(tmp_path, fake):
     more = write_preset(tmp_path, TINY.replace("seeds = [0, 1]", "seeds = [0, 1, 2]"))
     assert run_bench(dbg(more, out), log=lambda m: None) == 0
     assert len(fake()) == N_TINY + N_TINY // 2
+
+
+def test_seeds_option_adds_seeds_and_rows_of_other_seeds_stay_in_the_table(tmp_path, fake):
+    preset, out = write_preset(tmp_path), tmp_path / "out"
+    assert run_bench(dbg(preset, out), log=lambda m: None) == 0
+    assert run_bench(dbg(preset, out, seeds=parse_seeds("0-2")), log=lambda m: None) == 0
+    assert len(fake()) == N_TINY + N_TINY // 2  # only seed 2 ran
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["preset"]["data"]["bench"]["seeds"] == [0, 1, 2] and len(read_rows(out)) == N_TINY + N_TINY // 2
+    # the preset's own seeds (0, 1) and --seeds 3 accept the directory: seed-2 rows are the same cells
+    assert run_bench(dbg(preset, out), log=lambda m: None) == 0
+    assert run_bench(dbg(preset, out, seeds=[3], only=["*/cmi/*"]), log=lambda m: None) == 0
+    assert len(fake()) == N_TINY + N_TINY // 2 + 1
+    # a changed budget is still another configuration, whatever the seeds
+    with pytest.raises(ConfigError, match="different configuration"):
+        run_bench(dbg(preset, out, seeds=[0], sets=["distill.epochs=3"]), log=lambda m: None)
+    assert parse_seeds("0-4,7") == [0, 1, 2, 3, 4, 7] and parse_seeds(" 5 ") == [5]
+    for bad in ("4-1", "x", "-1", "1,,2"):
+        with pytest.raises(ConfigError, match="--seeds 0-6"):
+            parse_seeds(bad)
+    with pytest.raises(SystemExit):  # the CLI refuses it before any work (argparse: usage + message, exit 2)
+        bench_main(["--preset", preset, "--out", str(out), "--seeds", "4-1"])
+    assert bench_main(["--preset", preset, "--out", str(out), "--seeds", "0-3", "--only", "*/cmi/*"]) == 0
+    assert len(fake()) == N_TINY + N_TINY // 2 + 1  # cmi at seeds 0-3 all have rows: nothing ran
 
 
 def test_failed_jobs_do_not_stop_others_and_retry_failed_reruns_only_them(tmp_path, fake, monkeypatch):
