@@ -137,7 +137,9 @@ def _run_locked(opts: BenchOptions, preset: Preset, all_jobs: list[Job], jobs: l
     if todo:
         bundles = check_datasets(todo, preset.name)
         try:
-            write_manifest(out, {"name": preset.name, "source": preset.source, "data": preset.data},
+            row_seeds = {r.seed for r in rows.values() if isinstance(r.seed, int)}
+            seen = with_seeds(preset, {*preset.bench["seeds"], *row_seeds})  # the manifest lists every seed held
+            write_manifest(out, {"name": preset.name, "source": preset.source, "data": seen.data},
                            {j.job_id: j.label for j in all_jobs}, opts.argv)
             remove_partial_writes(out)
         except OSError as exc:

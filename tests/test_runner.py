@@ -352,6 +352,8 @@ def test_seeds_option_adds_seeds_and_rows_of_other_seeds_stay_in_the_table(tmp_p
     assert run_bench(dbg(preset, out), log=lambda m: None) == 0
     assert run_bench(dbg(preset, out, seeds=[3], only=["*/cmi/*"]), log=lambda m: None) == 0
     assert len(fake()) == N_TINY + N_TINY // 2 + 1
+    man = json.loads((out / "manifest.json").read_text())  # the manifest lists every seed the rows hold
+    assert man["preset"]["data"]["bench"]["seeds"] == [0, 1, 2, 3]
     # a changed budget is still another configuration, whatever the seeds
     with pytest.raises(ConfigError, match="different configuration"):
         run_bench(dbg(preset, out, seeds=[0], sets=["distill.epochs=3"]), log=lambda m: None)
