@@ -112,10 +112,10 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> int:
         return _run_locked(opts, preset, all_jobs, jobs, out, workers, ex_opts, log)
 
 
-def _known_ids(preset: Preset, opts: BenchOptions, all_jobs: list[Job], rows: dict[str, ResultRow]) -> list[str]:
+def _known_ids(preset: Preset, opts: BenchOptions, all_jobs: list[Job], row_seeds: set[int]) -> list[str]:
     """Job ids this preset's rows may have: its expansion plus the same cells at the other
     seeds found in the directory (added with --seeds), so those rows are not foreign."""
-    other = sorted({r.seed for r in rows.values() if isinstance(r.seed, int)} - set(preset.bench["seeds"]))
+    other = sorted(row_seeds - set(preset.bench["seeds"]))
     extra = expand(with_seeds(preset, other), opts.sets, opts.data_root, resolve=opts.resolve) if other else []
     return [j.job_id for j in [*all_jobs, *extra]]
 
@@ -123,7 +123,8 @@ def _known_ids(preset: Preset, opts: BenchOptions, all_jobs: list[Job], rows: di
 def _run_locked(opts: BenchOptions, preset: Preset, all_jobs: list[Job], jobs: list[Job], out: Path,
                 workers: int, ex_opts: dict[str, Any], log: Callable[[str], None]) -> int:
     rows = read_rows(out)
-    for w in check_out_dir(out, preset.name, _known_ids(preset, opts, all_jobs, rows)):
+    row_seeds = {r.seed for r in rows.values() if isinstance(r.seed, int)}
+    for w in check_out_dir(out, preset.name, _known_ids(preset, opts, all_jobs, row_seeds)):
         log(f"warning: {w}")
     bad = corrupt_rows(out)
     if bad:
@@ -137,7 +138,6 @@ def _run_locked(opts: BenchOptions, preset: Preset, all_jobs: list[Job], jobs: l
     if todo:
         bundles = check_datasets(todo, preset.name)
         try:
-            row_seeds = {r.seed for r in rows.values() if isinstance(r.seed, int)}
             seen = with_seeds(preset, {*preset.bench["seeds"], *row_seeds})  # the manifest lists every seed held
             write_manifest(out, {"name": preset.name, "source": preset.source, "data": seen.data},
                            {j.job_id: j.label for j in all_jobs}, opts.argv)
