@@ -15,8 +15,8 @@ import importlib
 import sys
 
 #: Command modules, in the order ``dfkd --help`` lists them.
-COMMAND_MODULES = ("cmd_list", "cmd_train_teacher", "cmd_distill", "cmd_bench", "cmd_report", "cmd_compare", "cmd_tune",
-                   "cmd_export")
+COMMAND_MODULES = ("cmd_list", "cmd_train_teacher", "cmd_distill", "cmd_bench", "cmd_report", "cmd_compare",
+                   "cmd_merge", "cmd_tune", "cmd_export")
 
 EXIT_USER_ERROR = 2
 

@@ -140,7 +140,7 @@ def _run_locked(opts: BenchOptions, preset: Preset, all_jobs: list[Job], jobs: l
         try:
             seen = with_seeds(preset, {*preset.bench["seeds"], *row_seeds})  # the manifest lists every seed held
             write_manifest(out, {"name": preset.name, "source": preset.source, "data": seen.data},
-                           {j.job_id: j.label for j in all_jobs}, opts.argv)
+                           {j.job_id: j.label for j in all_jobs}, opts.argv, split_sets(opts.sets)[0])
             remove_partial_writes(out)
         except OSError as exc:
             raise ConfigError(f"cannot write {out / 'manifest.json'} ({exc.strerror or exc}); nothing was run: "

@@ -194,9 +194,10 @@ def check_out_dir(out: str | Path, preset_name: str, job_ids: Iterable[str]) -> 
 
 
 def write_manifest(out: str | Path, preset: dict[str, Any], jobs: dict[str, str],
-                   argv: list[str] | None = None) -> Path:
+                   argv: list[str] | None = None, sets: list[str] | None = None) -> Path:
     """Create/update DIR/manifest.json: schema, code version, ``preset`` ({name, source,
-    data}), ``jobs`` (job id -> label, merged with the ones already there)."""
+    data}), ``jobs`` (job id -> label, merged with the ones already there), ``sets`` (the
+    job ``--set`` options, which change job ids; ``dfkd merge`` expands the preset with them)."""
     out = Path(out)
     old = read_manifest(out) or {}
     ver = code_version()
@@ -208,7 +209,8 @@ def write_manifest(out: str | Path, preset: dict[str, Any], jobs: dict[str, str]
     man = {"rows_schema": ROWS_SCHEMA,
            "code": {"version": ver["version"], "git_commits": commits},
            "preset": preset, "jobs": job_map, "created": old.get("created", time.strftime("%Y-%m-%dT%H:%M:%S")),
-           "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": argv or old.get("argv")}
+           "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": argv or old.get("argv"),
+           "sets": list(sets) if sets is not None else old.get("sets")}
     return atomic_write_json(out / "manifest.json", man)
 
 
