@@ -55,6 +55,8 @@ def test_merged_seeds_equal_one_bench_of_all_seeds(tmp_path, fake):
     for jid in rows_b:  # each row brings its job folder, without the resume checkpoint
         assert (a / "jobs" / jid).is_dir() and not (a / "jobs" / jid / "checkpoint.pt").exists()
     assert merge([b], a) == 0 and results(a) == results(whole)  # again: nothing changes
+    ran = len(fake())  # and `dfkd bench` takes the merged directory as its own: nothing left to run
+    assert run_bench(dbg(preset, a, seeds=[0, 1, 2]), **quiet) == 0 and len(fake()) == ran
 
 
 def test_rows_of_another_config_are_refused(tmp_path, fake):
