@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .frame import REFERENCE_SYNTHS
+from .png import save_figure
 from .store import corrupt_rows, read_rows, rows_dir
 
 
@@ -102,7 +103,7 @@ def plot_curves(rows: list[dict[str, Any]], path: str | Path) -> Path | None:
         ax.grid(alpha=0.3)
     ax_k.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return Path(path)
 

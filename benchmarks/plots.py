@@ -22,6 +22,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from .frame import NONE, REFERENCE_SYNTHS, treatment_label
+from .png import save_figure
 REF_STYLE = {"teacher": ("black", "--"), "real": ("tab:green", ":"), "noise": ("tab:gray", "-."),
              "scratch": ("tab:purple", (0, (5, 2, 1, 2)))}
 REG_MARKERS = ("o", "^", "s", "D", "v", "P", "X")
@@ -77,7 +78,7 @@ def plot_accuracy(df: pd.DataFrame, path: Path) -> Path | None:
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=min(3, max(1, len(handles))),
                   frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -105,7 +106,7 @@ def plot_accuracy_vs_time(df: pd.DataFrame, path: Path) -> Path | None:
         ax.set_title(f"{ds}: {', '.join(sorted(set(d['pair'].astype(str))))}", fontsize=10)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -139,7 +140,7 @@ def plot_samples(df: pd.DataFrame, out: Path, path: Path) -> Path | None:
         ax.imshow(plt.imread(str(p)), cmap="gray", vmin=0.0, vmax=1.0)  # grayscale grids: no stretch
         ax.set_title(f"{s}{'+' + r if r != 'none' else ''}\n{ds} {pair}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -261,7 +262,7 @@ def plot_tar(rows: Iterable[dict[str, Any]], path: Path) -> Path | None:
         ax.set_ylabel("probability")
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 

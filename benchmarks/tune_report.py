@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from baselines.errors import ConfigError
 from baselines.provenance import now_iso
 
+from .png import save_figure
 from .store import atomic_write_json
 from .trial_retry import counts, log
 from .tune_machines import trial_machines
@@ -41,7 +42,7 @@ def _save_axes(ax: Any, path: Path) -> None:
     import numpy as np
     first = np.asarray(ax).ravel()[0] if not hasattr(ax, "figure") else ax
     fig = first.figure
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
     import matplotlib.pyplot as plt
     plt.close(fig)
 
