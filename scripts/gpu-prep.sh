@@ -44,4 +44,9 @@ cp "$CACHE"/teachers/fashion-mnist-28/smallcnn-*-seed0.{pt,json} .gpu/cache/teac
 git rev-parse HEAD > .gpu/COMMIT
 echo "packed teacher: $(grep -o '"test_acc": [0-9.]*' .gpu/cache/teachers/fashion-mnist-28/*.json) ($(grep -o '"platform": "[^"]*"' .gpu/cache/teachers/fashion-mnist-28/*.json))"
 du -sh .whl .whl-tune .gpu
-echo "carry: $(du -scm .whl .whl-tune .gpu | tail -1 | cut -f1) MiB + tracked tree $(git ls-files -z | du -cm --files0-from=- | tail -1 | cut -f1) MiB (limit 64)"
+# what travels: tracked + untracked-not-ignored files + the carried paths, at most 64 MiB (bytes,
+# not disk blocks); over it the device call is refused, so say so here, before device time is spent
+CARRY=$(du -sb .whl .whl-tune .gpu | awk '{s += $1} END {print s}')
+TREE=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -0 -r stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}')
+awk -v c="$CARRY" -v t="$TREE" 'BEGIN {m = 1048576; printf "carry: %.1f MiB + working tree %.1f MiB = %.1f MiB (limit 64)\n", c/m, t/m, (c+t)/m;
+  if (c + t > 64 * m) { print "error: over the device limit: commit fewer bytes under results/ or carry less"; exit 1 } }'
