@@ -35,20 +35,22 @@ from typing import Any, Callable
 
 from baselines.errors import ConfigError
 
+from .executors import STARTED
 from .jobs import expand, job_id_of
+from .longjob import CHECKPOINT
 from .outputs import bench_lock, check_out_dir_writable
-from .preset import Preset, validate_preset, with_seeds
+from .preset import Preset, split_sets, validate_preset, with_seeds
 from .rows import ROWS_SCHEMA, ResultRow, host_of
 from .store import atomic_write_json, job_dir, read_manifest, read_rows, write_row
 
 ON_CONFLICT = ("stop", "keep", "replace")
 #: files of a job folder that are not results (resume checkpoint, running marker, partial writes)
-NOT_COPIED = ("checkpoint.pt", "started", ".*.tmp")
+NOT_COPIED = (CHECKPOINT, STARTED, ".*.tmp")
 
 
-def cell_of(row: ResultRow) -> str:
-    """``dataset/teacher:student/synth+regs`` (the job label without its seed)."""
-    return (row.job_label or "").rsplit("/seed", 1)[0]
+def cell_of(label: str | None) -> str:
+    """``dataset/teacher:student/synth+regs``: a job label without its seed."""
+    return (label or "").rsplit("/seed", 1)[0]
 
 
 def fingerprint(cfg: dict[str, Any]) -> str:
@@ -62,14 +64,14 @@ def manifest_sets(manifest: dict[str, Any]) -> list[str]:
     """The ``--set`` options of the bench that made a directory (``sets`` in the manifest, else
     read back from its recorded ``argv``; ``executor.*`` options change no job)."""
     if isinstance(manifest.get("sets"), list):
-        return list(manifest["sets"])
+        return split_sets(manifest["sets"])[0]
     argv, sets = list(manifest.get("argv") or []), []
     for i, a in enumerate(argv):
         if a == "--set" and i + 1 < len(argv):
             sets.append(argv[i + 1])
         elif a.startswith("--set="):
             sets.append(a[len("--set="):])
-    return [s for s in sets if not s.startswith("executor.")]
+    return split_sets(sets)[0]
 
 
 def preset_fingerprints(manifest: dict[str, Any], resolve=None) -> dict[str, str] | None:
@@ -82,7 +84,7 @@ def preset_fingerprints(manifest: dict[str, Any], resolve=None) -> dict[str, str
         jobs = expand(preset, manifest_sets(manifest), resolve=resolve, estimate=lambda cfg, kind: 0.0)
     except (ConfigError, KeyError, TypeError):
         return None
-    return {j.label.rsplit("/seed", 1)[0]: fingerprint(j.cfg) for j in jobs}
+    return {cell_of(j.label): fingerprint(j.cfg) for j in jobs}
 
 
 @dataclass
@@ -153,7 +155,7 @@ def plan_merge(sources: list[str | Path], into: str | Path, on_conflict: str = "
         base.get("preset", {}).get("data", {}).get("bench", {})["seeds"] = []
     plan = MergePlan(into, base)
     held = {jid: r for jid, r in rows.items() if r.status == "ok"}
-    cells = {cell_of(r): fingerprint(r.config) for r in held.values()}
+    cells = {cell_of(r.job_label): fingerprint(r.config) for r in held.values()}
     from_preset = preset_fingerprints(base, resolve) if exists else None
     teachers = {_pair(r): r.teacher_digest for r in held.values() if r.teacher_digest}
     hosts = {_pair(r): host_of(r) for r in held.values()}
@@ -179,7 +181,7 @@ def plan_merge(sources: list[str | Path], into: str | Path, on_conflict: str = "
                 if on_conflict != "replace":
                     plan.skipped.append(f"{what} (kept the first)")
                     continue
-            cell, fp = cell_of(row), fingerprint(row.config)
+            cell, fp = cell_of(row.job_label), fingerprint(row.config)
             want = cells.get(cell) or (from_preset or {}).get(cell)
             if want is None and exists:
                 plan.refused.append(f"{label} in {src}: {into} holds no row of cell {cell} and the preset its "
@@ -190,11 +192,11 @@ def plan_merge(sources: list[str | Path], into: str | Path, on_conflict: str = "
                 plan.refused.append(f"{label} in {src}: another config than {into}'s rows of {cell} (fingerprint "
                                     f"{fp} vs {want}: a different budget, --set or default)")
                 continue
-            other, pair = [], _pair(row)
+            other, pair, host = [], _pair(row), host_of(row)
             if row.teacher_digest and teachers.get(pair, row.teacher_digest) != row.teacher_digest:
                 other.append(f"teacher {row.teacher_digest} vs {teachers[pair]}")
-            if hosts.get(pair, host_of(row)) != host_of(row):
-                other.append(f"machine {host_of(row)!r} vs {hosts[pair]!r}")
+            if hosts.get(pair, host) != host:
+                other.append(f"machine {host!r} vs {hosts[pair]!r}")
             if other and not allow_mixed:
                 plan.refused.append(f"{label} in {src}: {'; '.join(other)} (pass --allow-mixed to merge anyway; "
                                     "the leaderboard then flags the mix)")
@@ -204,7 +206,7 @@ def plan_merge(sources: list[str | Path], into: str | Path, on_conflict: str = "
             cells.setdefault(cell, fp)
             if row.teacher_digest:
                 teachers.setdefault(pair, row.teacher_digest)
-            hosts.setdefault(pair, host_of(row))
+            hosts.setdefault(pair, host)
             plan.add[jid] = (src, row)
     if plan.conflicts and on_conflict == "stop":
         raise ConfigError(f"{len(plan.conflicts)} job(s) have different ok rows in two directories, e.g. "

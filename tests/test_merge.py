@@ -82,7 +82,7 @@ def test_a_cell_the_target_lacks_is_checked_against_its_recorded_preset_and_sets
     assert manifest_sets(read_manifest(cmi)) == setting
     assert merge([di_plain], cmi) == 1 and not any("deepinversion" in lab for lab, _ in results(cmi).values())
     assert merge([di], cmi) == 0
-    assert results(cmi) == {**results(cmi), **results(di)} and len(results(cmi)) == 4
+    assert results(di).items() <= results(cmi).items() and len(results(cmi)) == 4
 
 
 def test_different_results_for_one_job_stop_the_merge_before_any_write(tmp_path, fake):
