@@ -1,6 +1,6 @@
 """benchmarks/ keeps the shape docs/architecture.md describes: no module imports a module
-that imports it (function-level imports included), no module over ~400 lines, and no test
-switch read from the environment by production code."""
+that imports it (function-level imports included), no module over 450 lines (here and in
+baselines/ and stars_plugin/), and no test switch read from the environment by production code."""
 from __future__ import annotations
 
 import ast
@@ -48,7 +48,10 @@ def test_no_import_cycles():
 
 
 def test_modules_stay_small():
-    big = {p.name: n for p in BENCH.glob("*.py")
+    """benchmarks/, and the modules of baselines/ and stars_plugin/ too."""
+    files = [*BENCH.glob("*.py"), *(BENCH.parent / "baselines").rglob("*.py"),
+             *(BENCH.parent / "stars_plugin").glob("*.py")]
+    big = {str(p.relative_to(BENCH.parent)): n for p in files
            if p.name not in SIZE_EXEMPT and (n := len(p.read_text().splitlines())) > 450}
     assert not big, f"split these modules by responsibility: {big}"
 
