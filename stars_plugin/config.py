@@ -17,8 +17,8 @@ from .thresholds import TeacherThresholds
 
 Phase = Literal["synthesis", "distill"]
 WEIGHTINGS = ("raw", "grad-share")
-#: alpha / beta when unset, per weighting: gradient shares (measured, see the module
-#: docstring) and the seed's raw loss weights.
+#: alpha / beta when unset, per weighting: gradient shares (measured, see the docstring of
+#: :mod:`stars_plugin.stars`) and the seed's raw loss weights.
 DEFAULT_SHARES = {"alpha": 0.1, "beta": 0.05}
 SEED_WEIGHTS = {"alpha": 0.5, "beta": 0.3}
 
@@ -26,7 +26,7 @@ SEED_WEIGHTS = {"alpha": 0.5, "beta": 0.3}
 @dataclass
 class WeightingFields:
     """weighting: "grad-share" (default: alpha / beta are gradient shares relative to the
-    reference term) | "raw" (alpha / beta multiply the losses); see the module docstring.
+    reference term) | "raw" (alpha / beta multiply the losses); see :mod:`stars_plugin.stars`.
     rescale: under grad-share, when the scales are re-measured in synthesis: "doubling"
     (default; inner steps 0, 1, 2, 4, 8, ... of every call) | "call" (first inner step only,
     the session-3 behaviour: on DeepInversion the shares then drifted to 4-24x BN's)."""
@@ -207,6 +207,7 @@ class TARConfig(TARFields):
 
 
 def thresholds_of(c: TARFields) -> TeacherThresholds:
+    """The threshold estimator (tau per stage and channel) that these TAR options describe."""
     return TeacherThresholds(c.strategy, c.q, c.kappa, c.per_channel, c.kappa_scale,
                              c.subsample, c.momentum, c.normalizer, c.norm_percentile,
                              c.mask_nonpositive)
