@@ -16,7 +16,6 @@ from baselines import config as cfgmod
 from .thresholds import TeacherThresholds
 
 Phase = Literal["synthesis", "distill"]
-WEIGHTINGS = ("raw", "grad-share")
 #: alpha / beta when unset, per weighting: gradient shares (measured, see the docstring of
 #: :mod:`stars_plugin.stars`) and the seed's raw loss weights.
 DEFAULT_SHARES = {"alpha": 0.1, "beta": 0.05}

@@ -26,11 +26,11 @@ Weighting (``weighting``):
 
 Defaults (provisional; the ablations in results/ decide them):
 - alpha / beta depend on the weighting when left unset: gradient shares 0.1 / 0.05 under
-  ``grad-share`` (:data:`DEFAULT_SHARES`; measured in session 6 on the evidence pair, seed 0,
+  ``grad-share`` (:data:`stars_plugin.config.DEFAULT_SHARES`; measured in session 6 on the evidence pair, seed 0,
   RCA detached: against 0.5 / 0.3 they gave DeepInversion 52.58 vs 40.40, CMI 62.63 vs
   55.23, Fast 53.79 vs 49.08, without STARS 47.41 / 63.57 / 51.47; at 0.5 / 0.3 the two
   terms carry 0.8 of BN's gradient and drown the synthesizers' own class and adversarial
-  terms), the seed's 0.5 / 0.3 under ``raw`` (:data:`SEED_WEIGHTS`). q = 0.95. The seed's
+  terms), the seed's 0.5 / 0.3 under ``raw`` (:data:`stars_plugin.config.SEED_WEIGHTS`). q = 0.95. The seed's
   ranges [0.3, 0.7], [0.2, 0.5], [0.90, 0.98] warn in ``raw`` weighting only; negative
   weights or shares, q outside (0, 1) or kappa <= 0 are errors.
 - RCA: cosine relations on the pooled features over the live samples (silent samples
@@ -57,15 +57,15 @@ from baselines import ConfigError
 from baselines.hooks import PHASES, Regularizer, StepContext
 from baselines.models import StagedModel, match_stages
 
-from .config import (DEFAULT_SHARES, SEED_WEIGHTS, WEIGHTINGS, RCAConfig, STARSConfig,
-                     STARSSeedTARConfig, TARConfig, TARFields, thresholds_of)
+from .config import (RCAConfig, STARSConfig, STARSSeedTARConfig, TARConfig, TARFields,
+                     thresholds_of)
 from .rca import live_fractions, rca_loss, stage_discrepancies
 from .taps import TeacherTaps, student_tap_layer
 from .tar import TailAware, seed_tar
 from .thresholds import stage_batchnorm
 
 __all__ = ["STARS", "RCAOnly", "TAROnly", "STARSSeedTAR", "STARSConfig", "RCAConfig",
-           "TARConfig", "STARSSeedTARConfig", "DEFAULT_SHARES", "SEED_WEIGHTS", "WEIGHTINGS"]
+           "TARConfig", "STARSSeedTARConfig"]
 
 
 def _has_neuron(module: nn.Module) -> bool:
