@@ -81,5 +81,8 @@ def prepare_teachers(jobs: list[Job], log: Callable[[str], None] = print,
                               progress=bool(r.get("progress", False)))
         acc = info.get("test_acc") if isinstance(info, dict) else None
         how = "from the cache" if info.get("cached") else "trained"
+        # the accuracy measured when it was trained, on that run's test set (the cache is keyed by the
+        # training data only: a teacher trained by `dfkd train-teacher` was scored on all test images)
+        n_test = f" on {info['n_test']:,} test images" if isinstance(info.get("n_test"), int) else ""
         log(f"{name}: {how} in "
-            f"{time.perf_counter() - t0:.0f}s" + (f", test accuracy {acc:.2f}%" if isinstance(acc, (int, float)) else ""))
+            f"{time.perf_counter() - t0:.0f}s" + (f", test accuracy {acc:.2f}%{n_test}" if isinstance(acc, (int, float)) else ""))
