@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .teachers import train_teacher
+    from .teachers import accuracy_text, train_teacher
 
     _, info = train_teacher(args.dataset, args.model, epochs=args.epochs, seed=args.seed,
                             data_root=args.data_root, download=args.download, cache_dir=args.cache_dir,
@@ -33,6 +33,6 @@ def run(args: argparse.Namespace) -> int:
     how = ("from the cache" if info.get("cached")
            else f"trained in {info['train_seconds']:.0f} s on {info.get('device', '?')}")
     print(f"teacher {args.model} on {args.dataset} (seed {args.seed}, {info['recipe']['epochs']} epochs): "
-          f"test accuracy {info['test_acc']:.2f}% ({how})")
+          f"{accuracy_text(info)} ({how})")
     print(f"checkpoint: {info['checkpoint']}")
     return 0

@@ -58,7 +58,7 @@ def prepare_teachers(jobs: list[Job], log: Callable[[str], None] = print,
     from baselines.provenance import pick_device
 
     from .job import teacher_seed
-    from .teachers import get_teacher
+    from .teachers import accuracy_text, get_teacher
 
     done, raw = set(), dict(bundles or {})
     for j in jobs:
@@ -79,10 +79,6 @@ def prepare_teachers(jobs: list[Job], log: Callable[[str], None] = print,
         _, info = get_teacher(r["teacher"], r["dataset"], job_data(r, raw[dkey]), epochs=r.get("teacher_epochs"),
                               seed=tseed, device=pick_device(r.get("device", "cpu")),
                               progress=bool(r.get("progress", False)))
-        acc = info.get("test_acc") if isinstance(info, dict) else None
         how = "from the cache" if info.get("cached") else "trained"
-        # the accuracy measured when it was trained, on that run's test set (the cache is keyed by the
-        # training data only: a teacher trained by `dfkd train-teacher` was scored on all test images)
-        n_test = f" on {info['n_test']:,} test images" if isinstance(info.get("n_test"), int) else ""
-        log(f"{name}: {how} in "
-            f"{time.perf_counter() - t0:.0f}s" + (f", test accuracy {acc:.2f}%{n_test}" if isinstance(acc, (int, float)) else ""))
+        acc = accuracy_text(info)
+        log(f"{name}: {how} in {time.perf_counter() - t0:.0f}s" + (f", {acc}" if acc else ""))

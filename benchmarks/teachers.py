@@ -127,6 +127,19 @@ def cache_paths(dataset: str, model: str, recipe: Recipe, seed: int, fingerprint
     return stem.with_suffix(".pt"), stem.with_suffix(".json")
 
 
+def accuracy_text(info: dict[str, Any]) -> str:
+    """``"test accuracy 81.32% on 10,000 test images"`` from a teacher's info ('' without an
+    accuracy). The figure is the one measured when the teacher was trained, on that run's test
+    set: the cache is keyed by the training data, so a teacher trained by `dfkd train-teacher`
+    (all test images) and read by `dfkd bench` (a preset's test subset), or the other way round,
+    shows the other command's figure (one set of weights read 81.32% and 82.10%)."""
+    acc = info.get("test_acc")
+    if not isinstance(acc, (int, float)):
+        return ""
+    n_test = info.get("n_test")
+    return f"test accuracy {acc:.2f}%" + (f" on {n_test:,} test images" if isinstance(n_test, int) else "")
+
+
 @contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     """Exclusive lock on ``path`` (POSIX flock): parallel jobs needing the same teacher

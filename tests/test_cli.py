@@ -119,6 +119,7 @@ def test_train_teacher_prints_accuracy_and_checkpoint_then_hits_the_cache(tmp_pa
     assert main(args) == 0
     first = capsys.readouterr().out
     assert "test accuracy" in first and "trained in" in first
+    assert "% on 256 test images (trained in" in first  # the toy set's 256: which set the figure is on
     ckpt = first.split("checkpoint: ")[1].strip()
     assert Path(ckpt).is_file() and ckpt.startswith(str(tmp_path))
     assert main(args) == 0
