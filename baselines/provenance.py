@@ -23,6 +23,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from .allocator import malloc_state
 from .errors import ConfigError
 
 #: Distributions whose versions every result records (missing ones are recorded as None).
@@ -228,6 +229,7 @@ def package_versions() -> dict[str, Any]:
     out["platform"] = platform.platform(terse=True)
     out["torch_threads"] = torch.get_num_threads()
     out["cpu"] = cpu_identity()
+    out["malloc"] = malloc_state()
     if torch.cuda.is_available():
         out["gpu"] = torch.cuda.get_device_name()
     return out

@@ -75,9 +75,19 @@ def run_reporting_errors(func, args) -> int:
         return EXIT_USER_ERROR
 
 
+def _tune_malloc(_args) -> int:
+    from baselines.allocator import tune_malloc
+
+    tune_malloc()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dfkd`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
+    # before any tensor: a step's activations stay in the heap (baselines/allocator.py)
+    if run_reporting_errors(_tune_malloc, args):
+        return EXIT_USER_ERROR
     try:
         return run_reporting_errors(args.func, args)
     except KeyboardInterrupt:

@@ -27,6 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable
 
+from baselines.allocator import tune_malloc
 from baselines.errors import ConfigError, UnknownNameError
 
 from .executor_options import NAMES
@@ -131,6 +132,7 @@ def execute(spec: dict[str, Any]) -> Summary:
     marker.write_text(f"{os.getpid()} {time.time()}\n")
     t0 = time.perf_counter()
     try:
+        tune_malloc()  # every executor's worker, before the job's tensors (baselines/allocator.py)
         fn = job_function(spec["kind"], spec.get("job_fn"))
         returned = fn(spec["cfg"], str(jdir))
         if not isinstance(returned, dict):
