@@ -7,7 +7,7 @@ but the heap's top is still given back whenever more than ``M_TRIM_THRESHOLD`` (
 threshold) is free at once, which a training step does every time it releases its
 activations. The next step then touches new pages, and the kernel zeroes each on its first
 touch: a step of the spiking student (activations ``[T*N, C, H, W]`` of 6-26 MB) spent
-0.03-0.09 s of system time in those page faults, 15,000-28,000 per step (one thread, batch
+0.03-0.10 s of system time in those page faults, 15,000-32,000 per step (one thread, batch
 64, T = 4; ``python -m benchmarks.malloc_speed``). The CPU performance guides of PyTorch
 and oneDNN advise a caching allocator (jemalloc, tcmalloc via ``LD_PRELOAD``) for this;
 :func:`tune_malloc` gets the same effect from glibc itself, without a new dependency or a
@@ -31,7 +31,6 @@ other than glibc (macOS, musl) nothing is done. Rows record which applied
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 

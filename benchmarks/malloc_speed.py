@@ -19,13 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
 
-SETTINGS = ("default", "tuned")
+#: the two values of DFKD_MALLOC compared
+CHOICES = ("default", "tuned")
 
 
 def child(args) -> dict:
@@ -34,6 +36,8 @@ def child(args) -> dict:
 
     tune_malloc()
     import torch
+
+    from baselines.provenance import peak_rss_mb
 
     from .spiking_speed import _inputs, build, step
 
@@ -52,18 +56,18 @@ def child(args) -> dict:
         sys_s.append(r1.ru_stime - r0.ru_stime)
         faults.append(r1.ru_minflt - r0.ru_minflt)
     return {"malloc": malloc_state(), "step_s": times, "sys_s": sys_s, "minor_faults": faults,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def run(args) -> dict:
-    per = {s: {"step_s": [], "sys_s": [], "minor_faults": [], "peak_rss_mb": [], "malloc": None} for s in SETTINGS}
+    per = {s: {"step_s": [], "sys_s": [], "minor_faults": [], "peak_rss_mb": [], "malloc": None} for s in CHOICES}
     argv = [sys.executable, "-m", "benchmarks.malloc_speed", "--child", "--backend", args.backend,
             "--size", str(args.size), "--steps", str(args.steps), "--threads", str(args.threads),
             "--batch", str(args.batch), "--T", str(args.T), "--student", args.student]
     if args.no_once:
         argv.append("--no-once")
     for r in range(args.rounds):
-        for s in (SETTINGS if r % 2 == 0 else SETTINGS[::-1]):
+        for s in (CHOICES if r % 2 == 0 else CHOICES[::-1]):
             env = {**os.environ, "DFKD_MALLOC": s}
             out = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
             line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
@@ -79,8 +83,6 @@ def run(args) -> dict:
                    "peak_rss_mb": max(v["peak_rss_mb"]), "malloc": v["malloc"], "steps": len(v["step_s"])}
                for s, v in per.items()}
     summary["default_over_tuned"] = summary["default"]["median_step_s"] / summary["tuned"]["median_step_s"]
-    import platform
-
     import torch
 
     from baselines.provenance import cpu_identity
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
           f"per setting, {args.steps} timed steps each")
     print(f"machine: {res['machine']}")
     print(f"{'malloc':<9}{'median s':>10}{'sys s/step':>12}{'faults/step':>13}{'peak RSS MB':>13}")
-    for name in SETTINGS:
+    for name in CHOICES:
         v = s[name]
         print(f"{name:<9}{v['median_step_s']:>10.3f}{v['sys_s_per_step']:>12.3f}{v['minor_faults_per_step']:>13.0f}"
               f"{v['peak_rss_mb']:>13.0f}")
